@@ -1,0 +1,30 @@
+# `make run` and `make test` bootstrap .venv from requirements.txt (torch first: its pinned CPU
+# wheel; an unpinned torch would pull GBs of CUDA packages), then run the main job / the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+# The embedded default (tiny model, synthetic data) needs no hub and no wandb account.
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
+
+.PHONY: run test install clean-venv
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(OFFLINE) $(PY) run.py $(ARGS)
+
+test: $(STAMP)
+	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

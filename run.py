@@ -1,0 +1,41 @@
+"""The one entry point: `python run.py [group=option ...] [key=value ...]` (Hydra).
+
+    python run.py                                   # SFT of tiny_base on synthetic counting
+    python run.py task=geometry method.lr=1e-4      # another task, another lr
+    python run.py mode=eval model=tiny_base         # score a model, no training
+    python run.py -m seed=1,2,3                     # a multirun
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# The project root anchors paths.root_dir and the sweeps/ config group, wherever run.py is called from.
+os.environ.setdefault("OTHINK_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from othink_mr1.config import register_configs  # noqa: E402
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from othink_mr1.runner import run
+    from othink_mr1.utils.errors import USER_ERRORS
+
+    try:
+        run(cfg, overrides=list(HydraConfig.get().overrides.task))
+    except USER_ERRORS as exc:
+        # Bad input: one clear line naming the key, file, row or folder; no traceback.
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

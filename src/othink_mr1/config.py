@@ -1,0 +1,263 @@
+"""Structured-config schemas for every Hydra config group.
+
+Each group option in ``conf/`` starts its defaults list with the schema stored here
+(``- schema_<group>`` or a method-specific one), so composition fails on a misspelt key or a value
+of the wrong type and the error names the full key (``method.lrr``, ``task.train_size``), before
+any data is loaded or any model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+# --------------------------------------------------------------------------------------------- task
+
+
+@dataclass
+class SyntheticDataConfig:
+    """Size and seed of a generated (Pillow-rendered) dataset."""
+
+    num_train: int = 2000
+    num_test: int = 200
+    image_size: int = 112
+    seed: int = 0
+
+
+@dataclass
+class TaskConfig:
+    """One task: where its train/test splits come from, how it is prompted and scored."""
+
+    name: str = MISSING
+    # Which loader builds the splits: synthetic_counting | synthetic_geometry | r1v.
+    source: str = MISSING
+    # Scorer used by evaluation and rewards: counting | geometry.
+    scorer: str = MISSING
+    # One template shared by SFT, GRPO and evaluation; must contain "{question}".
+    prompt: str = MISSING
+    # Evaluation normally reuses `prompt`; set this to reproduce R1-V's separate eval templates.
+    eval_prompt: Optional[str] = None
+    # Greedy decoding budget per item at evaluation (R1-V: 256 counting, 1024 geometry).
+    max_new_tokens: int = 256
+    # Optional few-shot subset of the train split (the paper trains counting on 100 samples).
+    train_size: Optional[int] = None
+    train_subset_seed: int = 0
+    # Optional subset of the test split, for quick looks; None = the whole split.
+    eval_size: Optional[int] = None
+    # Synthetic tasks.
+    synthetic: Optional[SyntheticDataConfig] = None
+    # R1-V tasks: train split from a hub id or a local path (save_to_disk folder, parquet, jsonl),
+    # test split from R1-V's jsonl plus the folder its image paths are relative to.
+    train_source: Optional[str] = None
+    train_split: str = "train"
+    test_jsonl: Optional[str] = None
+    image_root: Optional[str] = None
+    # Tasks scored alongside this one when it is trained (same-task and cross-task generalization).
+    eval_tasks: list[str] = field(default_factory=list)
+
+
+# -------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class TinyArchConfig:
+    """Architecture of the embedded tiny Qwen2-VL (random weights, local tokenizer)."""
+
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    max_position_embeddings: int = 1024
+    vision_depth: int = 2
+    vision_embed_dim: int = 64
+    vision_num_heads: int = 4
+    vision_mlp_ratio: int = 2
+    seed: int = 0
+
+
+@dataclass
+class TinyBaseBuildConfig:
+    """The short 'pretraining' that turns `tiny` into `tiny_base` (a stand-in instruct model)."""
+
+    steps: int = 400
+    batch_size: int = 16
+    lr: float = 1.0e-3
+    warmup_ratio: float = 0.05
+    num_train_per_task: int = 3000
+    # Accuracy window the built model must land in on each synthetic test split.
+    min_accuracy: float = 0.15
+    max_accuracy: float = 0.60
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # tiny | tiny_base | pretrained (a hub id or a local folder, loaded with from_pretrained).
+    source: str = MISSING
+    path: Optional[str] = None
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    min_pixels: int = 3136
+    max_pixels: int = 401408
+    trust_remote_code: bool = False
+    # Caps every task's max_new_tokens for models with a short context (the tiny ones).
+    max_new_tokens_cap: Optional[int] = None
+    gradient_checkpointing: bool = False
+    tiny: Optional[TinyArchConfig] = None
+    base_build: Optional[TinyBaseBuildConfig] = None
+
+
+# ------------------------------------------------------------------------------------------- method
+
+
+@dataclass
+class MethodConfig:
+    """What every training method shares: optimisation and batch geometry."""
+
+    name: str = MISSING
+    lr: float = 2.0e-5
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr_schedule: str = "cosine"  # cosine | linear | constant
+    warmup_ratio: float = 0.1
+    max_grad_norm: Optional[float] = 1.0
+    # Prompts per device per micro-batch, and micro-batches per optimizer step.
+    batch_size: int = 8
+    accumulate_grad_batches: int = 1
+    epochs: int = 1
+    # Optimizer steps; overrides `epochs` when set.
+    max_steps: Optional[int] = None
+
+
+@dataclass
+class SFTConfig(MethodConfig):
+    # auto: "thinking + solution" when the data has a thinking field, else the solution alone.
+    target: str = "auto"  # auto | solution | thinking_solution
+    # Loss on the assistant tokens only (R1-V) or on every non-image token of the sequence.
+    loss_on: str = "assistant"  # assistant | all
+
+
+# ------------------------------------------------------------------------------- the other groups
+
+
+@dataclass
+class KLConfig:
+    """KL-coefficient schedule; filled by the GRPO issue. `none` means no KL term (SFT)."""
+
+    name: str = "none"
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    log_every_n_steps: int = 1
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    # Torch CPU threads (None: leave torch's default).
+    num_threads: Optional[int] = None
+
+
+@dataclass
+class LoggerConfig:
+    # csv is always written; wandb is added when `wandb` is true.
+    wandb: bool = False
+    project: str = "othink-mr1"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    mode: str = "offline"  # offline | online | disabled
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    output_dir: str = MISSING
+    cache_dir: str = MISSING
+    run_dir: str = MISSING
+
+
+@dataclass
+class EvalConfig:
+    # Tasks scored at evaluation; default: the trained task's `eval_tasks`.
+    tasks: list[str] = MISSING
+    batch_size: int = 16
+    # Validate during training every N optimizer steps (None: only before and after training).
+    every_n_steps: Optional[int] = None
+    # Score the starting model before any training ("row zero").
+    row_zero: bool = True
+    write_completions: bool = True
+
+
+@dataclass
+class Config:
+    task: TaskConfig = MISSING
+    # Every task that can be evaluated, by name (the trained one is `task`).
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    method: MethodConfig = MISSING
+    model: ModelConfig = MISSING
+    kl: KLConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    paths: PathsConfig = MISSING
+    eval: EvalConfig = MISSING
+    experiment: Optional[dict[str, Any]] = None
+    sweeps: Optional[dict[str, Any]] = None
+    mode: str = "train"  # train | eval
+    seed: int = 42
+    # Free-form suffix that separates otherwise identical runs (ablations, repeats).
+    tag: str = ""
+    run_name: str = MISSING
+    # eval mode: a checkpoint (.ckpt) or a saved model folder to evaluate instead of model.*.
+    ckpt: Optional[str] = None
+    # Export the trained model with save_pretrained into <run_dir>/model (reusable as model.path).
+    save_model: bool = True
+
+
+def register_configs() -> None:
+    """Store the schemas so the YAML options can name them in their defaults lists."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema_config", node=Config)
+    cs.store(group="task", name="schema_task", node=TaskConfig)
+    cs.store(group="model", name="schema_model", node=ModelConfig)
+    cs.store(group="method", name="schema_sft", node=SFTConfig)
+    cs.store(group="kl", name="schema_kl", node=KLConfig)
+    cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
+    cs.store(group="logger", name="schema_logger", node=LoggerConfig)
+    cs.store(group="paths", name="schema_paths", node=PathsConfig)
+    cs.store(group="eval", name="schema_eval", node=EvalConfig)
+    _register_resolvers()
+
+
+def _suffix(value: Any) -> str:
+    """`${suffix:${tag}}` -> "" for an empty tag, "_<tag>" otherwise."""
+    text = "" if value is None else str(value)
+    return f"_{text}" if text else ""
+
+
+def _ckpt_tag(value: Any) -> str:
+    """A short, path-free label for a checkpoint, used in eval-mode run names."""
+    if value in (None, ""):
+        return ""
+    from pathlib import Path
+
+    p = Path(str(value))
+    # outputs/runs/<run>/checkpoints/last.ckpt -> <run>-last ; a model folder -> its name.
+    if p.suffix == ".ckpt" and p.parent.name == "checkpoints":
+        return f"_{p.parent.parent.name}-{p.stem}"
+    return f"_{p.stem if p.suffix else p.name}"
+
+
+def _register_resolvers() -> None:
+    for name, fn in (("suffix", _suffix), ("ckpt_tag", _ckpt_tag)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)

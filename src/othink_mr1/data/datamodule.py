@@ -1,0 +1,76 @@
+"""The one LightningDataModule: the train split of `task` and a named test split per eval task."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from .collate import PromptCollator, SFTCollator
+from .records import DataError
+from .tasks import TaskSplit, load_split
+
+log = logging.getLogger(__name__)
+
+
+class VLMDataModule(pl.LightningDataModule):
+    """Serves `task`'s train split and, for every name in `eval_tasks`, that task's test split.
+
+    Splits are loaded and validated in `setup`, which the runner calls before it builds a model, so
+    bad data fails in seconds. Validation loaders come in `eval_tasks` order; `eval_names[i]` names
+    loader i (metrics are logged as eval/<name>/...).
+    """
+
+    def __init__(self, task: Any, eval_tasks: dict[str, Any], cache_dir: str, train_batch_size: int = 8,
+                 eval_batch_size: int = 16, sft_target: str = "auto", loss_on: str = "assistant",
+                 num_workers: int = 0, with_train: bool = True):
+        super().__init__()
+        self.task = task
+        self.eval_tasks = eval_tasks
+        self.cache_dir = cache_dir
+        self.train_batch_size = train_batch_size
+        self.eval_batch_size = eval_batch_size
+        self.sft_target = sft_target
+        self.loss_on = loss_on
+        self.num_workers = num_workers
+        self.with_train = with_train
+        self.processor = None  # set by the runner once the model's processor exists
+        self.train_split: TaskSplit | None = None
+        self.eval_splits: dict[str, TaskSplit] = {}
+
+    @property
+    def eval_names(self) -> list[str]:
+        return list(self.eval_tasks)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.with_train and self.train_split is None:
+            ds = load_split(self.task, "train", self.cache_dir)
+            self.train_split = TaskSplit(self.task, "train", ds, self.sft_target)
+            log.info("train split of %s: %d examples", self.task.name, len(ds))
+        for name, task in self.eval_tasks.items():
+            if name not in self.eval_splits:
+                self.eval_splits[name] = TaskSplit(task, "test", load_split(task, "test", self.cache_dir))
+                log.info("eval split %s: %d examples", name, len(self.eval_splits[name]))
+
+    def _require_processor(self) -> Any:
+        if self.processor is None:
+            raise RuntimeError("VLMDataModule.processor must be set before building dataloaders")
+        return self.processor
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_split is None:
+            raise DataError("no train split: this data module was built for evaluation only")
+        collate = SFTCollator(self._require_processor(), self.task.prompt, self.loss_on)
+        return DataLoader(self.train_split, batch_size=self.train_batch_size, shuffle=True, drop_last=False,
+                          collate_fn=collate, num_workers=self.num_workers)
+
+    def eval_dataloader(self, name: str) -> DataLoader:
+        task = self.eval_tasks[name]
+        collate = PromptCollator(self._require_processor(), task.eval_prompt or task.prompt)
+        return DataLoader(self.eval_splits[name], batch_size=self.eval_batch_size, shuffle=False,
+                          collate_fn=collate, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self.eval_dataloader(name) for name in self.eval_names]

@@ -1,0 +1,90 @@
+"""What every method's LightningModule shares: the model, its processor, and evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from ..evaluation.harness import EvalAccumulator, EvalSpec, gather_items, generate, write_stage
+
+# Metric names under eval/<task>/...
+EVAL_METRICS = {
+    "acc": "accuracy",
+    "format_rate": "format_rate",
+    "parse_failure_rate": "parse_failure_rate",
+    "completion_tokens": "mean_completion_tokens",
+}
+
+
+class VLMModule(pl.LightningModule):
+    """A VLM plus the shared evaluation harness as Lightning's validation loop.
+
+    A validation pass (in-training, or `trainer.validate`) generates greedily on every eval split,
+    scores with each task's scorer, logs eval/<task>/{acc,format_rate,...}, and writes
+    <eval_dir>/<stage>/results.json and per-item completions. `eval_stage` names the next pass
+    ("row_zero", "final"); unnamed passes are "step<global_step>".
+    """
+
+    def __init__(self, model: torch.nn.Module, processor: Any, eval_spec: EvalSpec | None = None,
+                 eval_names: list[str] | None = None, eval_dir: str | Path | None = None,
+                 write_completions: bool = True):
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.eval_spec = eval_spec
+        self.eval_names = list(eval_names or [])
+        self.eval_dir = Path(eval_dir) if eval_dir else None
+        self.write_completions = write_completions
+        self.eval_stage: str | None = None
+        self.last_eval: dict[str, dict[str, Any]] = {}
+        self._acc: EvalAccumulator | None = None
+
+    # ------------------------------------------------------------------------------- evaluation
+    def on_validation_epoch_start(self) -> None:
+        if self.eval_spec is None:
+            raise RuntimeError("this module was built without an EvalSpec; it cannot evaluate")
+        self._acc = EvalAccumulator(self.eval_spec)
+        self.model.eval()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        task = self.eval_names[dataloader_idx]
+        texts, lengths = generate(self.model, self.processor.tokenizer, batch, self.eval_spec.max_new_tokens[task])
+        self._acc.add(task, batch["meta"], texts, lengths)
+
+    def on_validation_epoch_end(self) -> None:
+        assert self._acc is not None
+        self._acc.items = gather_items(self._acc.items)
+        summaries = self._acc.summaries()
+        for task, summary in summaries.items():
+            for metric, key in EVAL_METRICS.items():
+                if summary.get(key) is not None:
+                    # Already identical on every rank (gathered above): no reduction needed.
+                    self.log(f"eval/{task}/{metric}", float(summary[key]), add_dataloader_idx=False,
+                             rank_zero_only=True)
+        stage = self.eval_stage or f"step{self.global_step}"
+        if self.eval_dir is not None and self.trainer.is_global_zero:
+            write_stage(self.eval_dir / stage, summaries, self._acc,
+                        extra={"stage": stage, "global_step": int(self.global_step)},
+                        write_completions=self.write_completions)
+        self.last_eval = summaries
+        self.eval_stage = None
+        if self.training:
+            self.model.train()
+
+    # ---------------------------------------------------------------------------------- helpers
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def setup(self, stage: str) -> None:
+        # from_pretrained returns eval-mode models and Lightning no longer flips them.
+        if stage == "fit":
+            self.model.train()
+
+    def on_train_epoch_start(self) -> None:
+        self.model.train()

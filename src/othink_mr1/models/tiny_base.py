@@ -1,0 +1,142 @@
+"""Build `tiny_base`: `tiny` after a short pretraining on both synthetic tasks.
+
+It stands in for an instruct model: it answers in the `<think> ... </think> <answer> ... </answer>`
+format and is right part of the time, so later methods have room both to improve it and to degrade
+it. The pretraining data are the synthetic train distributions drawn with their own seed (so they
+are not the task's train split), with short worked solutions as targets and R1-V's prompt templates
+mixed, so the model does not hinge on one wording. After training the build scores both synthetic
+test splits with the evaluation harness and records the result in `build_report.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from ..config import SFTConfig, SyntheticDataConfig, TaskConfig
+from ..data.collate import PromptCollator, SFTCollator
+from ..data.records import Example, load_image
+from ..data.synthetic import counting, geometry, synthetic_split
+from ..data.tasks import TaskSplit, load_split
+from ..evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
+from ..methods.base import VLMModule
+from ..methods.sft import SFTModule
+from .tiny import R1V_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+# The pretraining draws differ from every task's train split (those use synthetic.seed, 0 by default).
+PRETRAIN_SEED_OFFSET = 1_000_003
+ACCEPTANCE_TASKS = ("counting", "geometry")
+
+
+def synthetic_task(name: str) -> Any:
+    """The default synthetic task config (as in conf/task/<name>.yaml) used for the acceptance check."""
+    task = TaskConfig(name=name, source=f"synthetic_{name}", scorer=name,
+                      prompt="{question}" + R1V_SUFFIXES[0], synthetic=SyntheticDataConfig(),
+                      max_new_tokens=256 if name == "counting" else 1024)
+    return OmegaConf.structured(task)
+
+
+class PretrainingSet(TorchDataset):
+    """Synthetic train items with worked-solution targets and a randomly chosen R1-V template."""
+
+    def __init__(self, name: str, ds: Any, seed: int):
+        self.name = name
+        self.ds = ds
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> Example:
+        row = self.ds[index]
+        rng = random.Random(f"tiny_base/{self.name}/{self.seed}/{index}")
+        if self.name == "counting":
+            answer = row["solution"].split()[1]
+            thinking = counting.counting_thinking(int(answer), rng)
+        else:
+            _, problem = geometry.make_problem("train", index, self.seed)
+            answer, thinking = problem.answer, problem.thinking
+        question = f"{row['problem']}{rng.choice(R1V_SUFFIXES)}"
+        return Example(image=load_image(row["image"]), question=question, answer=answer,
+                       target=f"<think> {thinking} </think> <answer> {answer} </answer>", index=index)
+
+
+def build_tiny_base(model_cfg: Any, tiny_dir: Path, out_dir: Path, cache_dir: str | Path) -> dict[str, Any]:
+    """Pretrain the tiny model saved in `tiny_dir`, check it, and save it into `out_dir`."""
+    from .factory import load_local
+
+    build = model_cfg.base_build
+    started = time.time()
+    print(f"[tiny_base] building (first use; cached afterwards): {build.steps} steps on both synthetic tasks",
+          flush=True)
+    model, processor = load_local(tiny_dir, min_pixels=model_cfg.min_pixels, max_pixels=model_cfg.max_pixels)
+    seed = build.seed + PRETRAIN_SEED_OFFSET
+    parts = [
+        PretrainingSet(name, synthetic_split(f"synthetic_{name}", "train", build.num_train_per_task, seed,
+                                             SyntheticDataConfig().image_size, cache_dir), seed)
+        for name in ACCEPTANCE_TASKS
+    ]
+    method = OmegaConf.structured(SFTConfig(name="tiny_base_pretraining", lr=build.lr, warmup_ratio=build.warmup_ratio,
+                                            lr_schedule="cosine", batch_size=build.batch_size, max_grad_norm=1.0))
+    generator = torch.Generator().manual_seed(build.seed)
+    loader = DataLoader(ConcatDataset(parts), batch_size=build.batch_size, shuffle=True, generator=generator,
+                        collate_fn=SFTCollator(processor, "{question}", "assistant"))
+    module = SFTModule(model, processor, method, total_steps=build.steps)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(build.seed)
+        steps_per_epoch = math.ceil(sum(len(p) for p in parts) / build.batch_size)
+        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=build.steps,
+                             max_epochs=math.ceil(build.steps / steps_per_epoch), logger=False,
+                             enable_checkpointing=False, gradient_clip_val=1.0, enable_model_summary=False,
+                             num_sanity_val_steps=0, log_every_n_steps=10)
+        trainer.fit(module, train_dataloaders=loader)
+    train_seconds = time.time() - started
+
+    summaries = evaluate_synthetic(model, processor, cache_dir, model_cfg.max_new_tokens_cap)
+    accuracy = {name: summaries[name]["accuracy"] for name in ACCEPTANCE_TASKS}
+    in_window = all(build.min_accuracy <= a <= build.max_accuracy for a in accuracy.values())
+    report = {
+        "accuracy": accuracy,
+        "format_rate": {name: summaries[name]["format_rate"] for name in ACCEPTANCE_TASKS},
+        "window": [build.min_accuracy, build.max_accuracy],
+        "in_window": in_window,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.time() - started, 1),
+        "model": OmegaConf.to_container(model_cfg, resolve=True),
+    }
+    print("[tiny_base] test accuracy after pretraining:\n" + format_table({"tiny_base": summaries}, list(ACCEPTANCE_TASKS)),
+          flush=True)
+    if not in_window:
+        log.warning("tiny_base accuracy %s is outside the window [%s, %s]: later methods may have no room to "
+                    "improve or degrade; change model.base_build.steps", accuracy, build.min_accuracy, build.max_accuracy)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    (out_dir / "build_report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def evaluate_synthetic(model: Any, processor: Any, cache_dir: str | Path, cap: int | None) -> dict[str, dict]:
+    """Score `model` on the default synthetic test splits with the shared harness."""
+    tasks = {name: synthetic_task(name) for name in ACCEPTANCE_TASKS}
+    spec = EvalSpec(scorers={n: t.scorer for n, t in tasks.items()},
+                    max_new_tokens={n: effective_max_new_tokens(t.max_new_tokens, cap) for n, t in tasks.items()})
+    loaders = [DataLoader(TaskSplit(t, "test", load_split(t, "test", str(cache_dir))), batch_size=32,
+                          collate_fn=PromptCollator(processor, t.prompt)) for t in tasks.values()]
+    module = VLMModule(model, processor, eval_spec=spec, eval_names=list(tasks))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False)
+    trainer.validate(module, dataloaders=loaders, verbose=False)
+    return module.last_eval

@@ -1,0 +1,392 @@
+"""Rule-based answer scorers for the two OThink-MR1 / R1-V tasks.
+
+Two scorers are provided, each mirroring the rule R1-V uses for its reward and evaluation:
+
+* :class:`CountingScorer` (SuperCLEVR / CLEVR counting): the first ``<answer> N </answer>`` with an
+  integer inside must equal the integer ground truth.
+* :class:`GeometryScorer` (GeoQA): symbolic equivalence with ``math-verify``, after normalising the
+  GeoQA notations math-verify does not understand (``√{3}``, ``°``, ``cm``, ``米``, ...).
+
+Both expose ``score(completion, ground_truth) -> Score`` and ``reward(completion, ground_truth) ->
+float``. They are pure Python (plus sympy via math-verify) on purpose: the offline rescore CLI imports
+this module and must start fast, so nothing here may import torch/transformers/datasets.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+__all__ = [
+    "FORMAT_PATTERN",
+    "SCORERS",
+    "SCORER_FOR_TASK",
+    "CountingScorer",
+    "GeometryScorer",
+    "Score",
+    "Scorer",
+    "answer_span",
+    "format_ok",
+    "get_scorer",
+    "normalize_geometry_text",
+    "to_math_verify_input",
+]
+
+# ---------------------------------------------------------------------------------------------------
+# Format reward / answer extraction
+# ---------------------------------------------------------------------------------------------------
+
+#: R1-V's format rule: a thinking block followed by an answer block and nothing else.
+FORMAT_PATTERN: re.Pattern[str] = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+
+_ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def format_ok(completion: str) -> bool:
+    """True when the whole completion is ``<think>...</think> <answer>...</answer>``.
+
+    Surrounding whitespace is tolerated (decoders often emit a trailing newline), anything else
+    before ``<think>`` or after ``</answer>`` is not.
+    """
+    return FORMAT_PATTERN.fullmatch(completion.strip()) is not None
+
+
+def answer_span(completion: str) -> str | None:
+    """Stripped contents of the first ``<answer>...</answer>`` block, or None if there is none."""
+    match = _ANSWER_SPAN.search(completion)
+    return None if match is None else match.group(1).strip()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scorer protocol and result type
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Score:
+    """Outcome of scoring one completion.
+
+    ``parsed`` is False when nothing answer-like could be extracted from the completion (a parse
+    failure), which is reported separately from a wrong-but-parsed answer.
+    """
+
+    correct: bool
+    extracted: str | None
+    parsed: bool
+
+
+class Scorer(Protocol):
+    """What the training reward and the evaluation code need from a scorer."""
+
+    name: ClassVar[str]
+
+    def score(self, completion: str, ground_truth: Any) -> Score: ...
+
+    def reward(self, completion: str, ground_truth: Any) -> float: ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# Counting
+# ---------------------------------------------------------------------------------------------------
+
+# R1-V's counting rule, kept verbatim: an integer, alone (modulo whitespace) inside the answer tags.
+_COUNT_ANSWER = re.compile(r"<answer>\s*(\d+)\s*</answer>")
+
+
+def _integer_ground_truth(ground_truth: Any) -> int:
+    """Coerce a counting ground truth (``7``, ``"7"``, ``" 7 "``) to int; anything else is an error.
+
+    Raising instead of scoring "wrong" matters: a mis-wired data field would otherwise silently give
+    zero accuracy/reward.
+    """
+    if isinstance(ground_truth, bool):  # bool is an int subclass; True is not a count
+        raise ValueError(f"counting ground truth must be an integer, got {ground_truth!r}")
+    if isinstance(ground_truth, int):
+        return ground_truth
+    if isinstance(ground_truth, str) and re.fullmatch(r"\s*[+-]?\d+\s*", ground_truth):
+        return int(ground_truth)
+    raise ValueError(f"counting ground truth must be an integer, got {ground_truth!r}")
+
+
+class CountingScorer:
+    """R1-V counting rule: first ``<answer> N </answer>`` (integer only) equals the ground truth."""
+
+    name: ClassVar[str] = "counting"
+
+    def score(self, completion: str, ground_truth: Any) -> Score:
+        expected = _integer_ground_truth(ground_truth)
+        match = _COUNT_ANSWER.search(completion)
+        if match is None:
+            return Score(correct=False, extracted=None, parsed=False)
+        value = int(match.group(1))
+        return Score(correct=value == expected, extracted=match.group(1), parsed=True)
+
+    def reward(self, completion: str, ground_truth: Any) -> float:
+        return 1.0 if self.score(completion, ground_truth).correct else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Geometry: GeoQA notation normalisation
+# ---------------------------------------------------------------------------------------------------
+#
+# math-verify (0.9) only reads LaTeX inside math delimiters: parse("4\\sqrt{3}") gives 4 while
+# parse("$4\\sqrt{3}$") gives 4*sqrt(3). It also does not know GeoQA's unicode root sign ("4√{3}"
+# parses to 4, "\\frac{√{3}}{2}" to nothing) or its Chinese units ("$12厘米$"). The functions below
+# rewrite both the ground truth and the model's answer into plain LaTeX math before parsing. Every
+# rule was checked against the 754 GeoQA test ground truths (see tests/test_scorers.py).
+
+# Characters that have a direct LaTeX equivalent. "π" gets a trailing space so that "πr" does not
+# become the unknown command "\pir"; the space is harmless inside math.
+_UNICODE_MATH = {
+    "π": r"\pi ",
+    "×": r"\times ",
+    "·": r"\cdot ",
+    "÷": r"\div ",
+    "−": "-",  # U+2212 minus sign
+    "–": "-",  # en dash, often produced for a minus
+    "（": "(",
+    "）": ")",
+    "，": ",",
+    "＝": "=",
+}
+
+# √{...} -> \sqrt{...}; √(x) -> \sqrt{x}; √3, √3.5, √x -> \sqrt{3} ...
+_ROOT_BRACED = re.compile(r"√\s*\{")
+_ROOT_PAREN = re.compile(r"√\s*\(([^()]*)\)")
+_ROOT_BARE = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z])")
+# Plain-text "sqrt(3)" / "sqrt 3" (not the LaTeX command): models write it in prose.
+_ROOT_WORD = re.compile(r"(?<![\\A-Za-z])sqrt\s*(?:\(([^()]*)\)|(\d+(?:\.\d+)?))")
+
+# Degree signs in all spellings seen in GeoQA ground truths and model outputs. Removing them is
+# safe because GeoQA angles are always in degrees; "140°" and "140" must compare equal.
+_DEGREE = re.compile(
+    r"\^\s*\{\s*\\circ\s*\}"  # ^{\circ}
+    r"|\^\s*\\circ"  # ^\circ
+    r"|\\circ"  # \circ
+    r"|\\degree"
+    r"|°|º|度"
+    r"|(?<=\d)\s*degrees?\b"
+)
+
+# Chinese unit words (longest first so 平方厘米 wins over 厘米 and 米). They only ever follow the value.
+_CJK_UNITS = re.compile(
+    r"平方厘米|平方分米|平方千米|平方米|立方厘米|立方米|厘米|毫米|分米|千米|公里|米|海里|小时|分钟|秒|平方"
+)
+
+# Latin length/area units after a value. The value end is captured (a digit, a closing brace or
+# parenthesis, or \pi) because Python's look-behind must be fixed width; the unit must not be
+# followed by a letter so that "m" inside words or commands is never touched. Area/volume exponents
+# ("cm²", "cm^2", "cm^{2}", GeoQA's odd "cm^2^") go with the unit.
+_UNIT_WORD = (
+    r"(?:square\s+)?"
+    r"(?:km|cm|mm|dm|m|(?:centi|milli|kilo)?met(?:er|re)s?|nautical\s+miles?|miles?|hours?|seconds?|units?)"
+)
+_LATIN_UNIT = re.compile(
+    r"(?P<pre>[\d}\)]|\\pi)\s*(?:\\[,;:! ]|~)?\s*"
+    # "\text{cm}" with its own braces, or a bare "cm"; never eat a brace that closes e.g. \boxed{...}
+    rf"(?:\\(?:text|mathrm|rm|mbox|textrm)\s*\{{\s*{_UNIT_WORD}\s*\}}|{_UNIT_WORD})"
+    r"(?:\s*(?:\^\s*(?:\{\s*[23]\s*\}|[23])\s*\^?|[²³]))?"
+    r"(?![A-Za-z])"
+)
+
+_CJK_CHAR = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]+")
+_TRAILING_PUNCT = re.compile(r"[\s.。,，;；:：]+$")
+# A word with a lowercase letter that is not a LaTeX command: the sign that a span is prose.
+# All-caps runs are point/segment names ("AB", "CED") and belong to the formula.
+_PROSE_WORD = re.compile(r"(?<![\\A-Za-z])(?=[A-Za-z]*[a-z])[A-Za-z]{2,}")
+_HAS_DELIMITERS = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+# A token that can be part of a formula: digits, operators, brackets, LaTeX commands, single letters.
+_MATH_TOKEN = re.compile(r"(?:\\[A-Za-z]+|[0-9.+\-*/^_=(){}\[\]<>|!']|(?<![A-Za-z])[A-Za-z](?![A-Za-z]))+")
+
+
+def normalize_geometry_text(text: str) -> str:
+    """Rewrite GeoQA notation into LaTeX that math-verify reads (without adding ``$`` delimiters).
+
+    ``"4√{3}cm"`` -> ``"4\\sqrt{3}"``, ``"140°"`` -> ``"140"``, ``"\\frac{4}{3}米"`` ->
+    ``"\\frac{4}{3}"``, ``"2π"`` -> ``"2\\pi"``, ``"(√{3}+1)小时"`` -> ``"(\\sqrt{3}+1)"``.
+    Applied identically to ground truths and model answers so both sides are read the same way.
+    """
+    for char, latex in _UNICODE_MATH.items():
+        text = text.replace(char, latex)
+    text = _ROOT_BRACED.sub(r"\\sqrt{", text)
+    text = _ROOT_PAREN.sub(r"\\sqrt{\1}", text)
+    text = _ROOT_BARE.sub(r"\\sqrt{\1}", text)
+    text = _ROOT_WORD.sub(lambda m: "\\sqrt{" + (m.group(1) or m.group(2)) + "}", text)
+    text = _DEGREE.sub("", text)
+    text = _CJK_UNITS.sub("", text)
+    text = _LATIN_UNIT.sub(r"\g<pre>", text)
+    # "\pi " was given a trailing space above; drop spaces that now precede a closing token.
+    text = re.sub(r"\s+([})\]])", r"\1", text)
+    return _TRAILING_PUNCT.sub("", text.strip())
+
+
+def _is_prose(text: str) -> bool:
+    return bool(_PROSE_WORD.search(_LATEX_COMMAND.sub(" ", text))) or bool(_CJK_CHAR.search(text))
+
+
+def _wrap_math_runs(text: str) -> str:
+    """Put ``$...$`` around the LaTeX formulas inside prose so math-verify reads them as math.
+
+    Wrapping a whole sentence would make math-verify multiply the letters of every word; leaving it
+    bare would make it read ``4\\sqrt{3}`` as 4. Only runs containing a LaTeX command need help:
+    math-verify already finds bare numbers in prose by itself.
+    """
+    text = _CJK_CHAR.sub(lambda m: f" {m.group(0)} ", text)  # CJK glued to formulas: split them off
+
+    def wrap(match: re.Match[str]) -> str:
+        run = match.group(0)
+        # Keep sentence punctuation outside, and drop a dangling "=" / ":" left by "... is = 4\sqrt{3}".
+        core = run.rstrip(".,;:")
+        lead = len(core) - len(core.lstrip("=: "))
+        if "\\" not in core:
+            return run
+        return f"{run[:lead]}${core[lead:]}${run[len(core) :]}"
+
+    # Runs of math tokens separated by single spaces (e.g. "2\sqrt{2} - 2").
+    return re.sub(rf"{_MATH_TOKEN.pattern}(?:[ \t]+{_MATH_TOKEN.pattern})*", wrap, text)
+
+
+def to_math_verify_input(text: str) -> str:
+    """Normalise ``text`` and add math delimiters where math-verify needs them.
+
+    * already delimited (``$``, ``\\(``, ``\\[``, ``\\boxed``): left to math-verify's own extraction;
+    * a bare formula (``4\\sqrt{3}``, ``x = 2.5``): wrapped whole in ``$...$``;
+    * prose (``The answer is 4\\sqrt{3}``): only the formulas inside are wrapped.
+    """
+    norm = normalize_geometry_text(text)
+    if not norm or _HAS_DELIMITERS.search(norm):
+        return norm
+    if _is_prose(norm):
+        return _wrap_math_runs(norm)
+    return f"${norm}$"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Geometry: math-verify wrapper
+# ---------------------------------------------------------------------------------------------------
+
+# Seconds allowed per math-verify parse / comparison (main thread only, see _timeout).
+_TIMEOUT_S = 5
+
+
+def _timeout() -> int | None:
+    """math-verify's timeouts use SIGALRM, which only works in the main thread (elsewhere it raises).
+
+    In worker threads (e.g. a dataloader or a reward-thread pool) we therefore run without a timeout.
+    """
+    return _TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+def _mv_parse(text: str, timeout: int | None) -> list[Any]:
+    """math_verify.parse that never raises: any error or timeout counts as "nothing parsed"."""
+    import math_verify  # deferred: sympy/antlr import cost is only paid by geometry scoring
+
+    if not text:
+        return []
+    try:
+        return list(math_verify.parse(text, parsing_timeout=timeout, raise_on_error=False))  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - includes TimeoutException and sympy/antlr internals
+        return []
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(gold: str, timeout: int | None) -> tuple[Any, ...]:
+    # Ground truths repeat across the G completions of a GRPO group and across epochs: cache them.
+    return tuple(_mv_parse(to_math_verify_input(gold), timeout))
+
+
+def _mv_verify(gold: list[Any], target: list[Any], timeout: int | None) -> bool:
+    import math_verify
+
+    if not gold or not target:
+        return False
+    try:
+        return bool(math_verify.verify(gold, target, timeout_seconds=timeout, raise_on_error=False))
+    except Exception:  # noqa: BLE001 - never let a pathological expression kill training/eval
+        return False
+
+
+def _readable(parsed: list[Any]) -> str:
+    """math-verify returns [sympy_expr, matched_string]; the string is what a human wants to see."""
+    if len(parsed) >= 2 and isinstance(parsed[-1], str):
+        return parsed[-1]
+    return str(parsed[0])
+
+
+def _strip_spaces(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+class GeometryScorer:
+    """GeoQA scoring with math-verify equivalence, in the R1-V style.
+
+    R1-V judges "math-verify over the whole output": ``verify(parse(gold), parse(completion))``,
+    with a fallback where the ``<answer>`` span equals the ground truth as strings. Parsing the whole
+    output is fragile, because math-verify may latch onto a number from the reasoning (``<think>
+    angle A = 80 ...</think><answer> 40° </answer>``). We realise the same rule robustly:
+
+    1. If the completion has an ``<answer>`` span, the answer is judged by that span only:
+       correct if math-verify finds it equivalent to the ground truth, or if the span equals the
+       ground truth as strings after removing whitespace (R1-V's fallback).
+    2. Only when there is no ``<answer>`` span is math-verify run over the whole output.
+
+    Both ground truth and candidate are normalised first (see :func:`normalize_geometry_text` and
+    :func:`to_math_verify_input`). The scorer never raises on model text: math-verify errors and
+    timeouts are treated as "not parsed".
+    """
+
+    name: ClassVar[str] = "geometry"
+
+    def score(self, completion: str, ground_truth: Any) -> Score:
+        gold_text = str(ground_truth).strip()
+        timeout = _timeout()
+        gold = list(_parse_gold(gold_text, timeout))
+
+        span = answer_span(completion)
+        if span is not None:
+            if span and _strip_spaces(span) == _strip_spaces(gold_text):
+                return Score(correct=True, extracted=span, parsed=True)
+            candidate = _mv_parse(to_math_verify_input(span), timeout)
+            if not candidate:
+                return Score(correct=False, extracted=span or None, parsed=False)
+            return Score(correct=_mv_verify(gold, candidate, timeout), extracted=span, parsed=True)
+
+        # No answer tags: fall back to the whole output, as R1-V's evaluation does.
+        candidate = _mv_parse(to_math_verify_input(completion), timeout)
+        if not candidate:
+            return Score(correct=False, extracted=None, parsed=False)
+        return Score(correct=_mv_verify(gold, candidate, timeout), extracted=_readable(candidate), parsed=True)
+
+    def reward(self, completion: str, ground_truth: Any) -> float:
+        return 1.0 if self.score(completion, ground_truth).correct else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------------
+
+SCORERS: dict[str, type[CountingScorer] | type[GeometryScorer]] = {
+    "counting": CountingScorer,
+    "geometry": GeometryScorer,
+}
+
+#: Task names used by configs and data loaders -> scorer name.
+SCORER_FOR_TASK: dict[str, str] = {
+    "counting": "counting",
+    "clevr_count": "counting",
+    "geometry": "geometry",
+    "geoqa": "geometry",
+}
+
+
+def get_scorer(name: str) -> CountingScorer | GeometryScorer:
+    """Instantiate the scorer for a task name (``geoqa``) or a scorer name (``geometry``)."""
+    scorer_name = SCORER_FOR_TASK.get(name, name)
+    if scorer_name not in SCORERS:
+        valid = sorted(set(SCORERS) | set(SCORER_FOR_TASK))
+        raise ValueError(f"unknown task or scorer {name!r}; valid names: {', '.join(valid)}")
+    return SCORERS[scorer_name]()

@@ -1,0 +1,21 @@
+"""User-facing errors: bad config, bad data, a model that cannot load, a run that exists.
+
+run.py prints these as one clear line (no traceback) and exits with status 2; each message names
+the config key, file, row or directory at fault.
+"""
+
+from __future__ import annotations
+
+from ..data.records import DataError
+from ..models.factory import ModelError
+
+
+class ConfigError(ValueError):
+    """A composed config that is well-typed but inconsistent; the message names the key."""
+
+
+class RunExistsError(RuntimeError):
+    """The run directory already holds a finished run."""
+
+
+USER_ERRORS = (ConfigError, DataError, ModelError, RunExistsError)

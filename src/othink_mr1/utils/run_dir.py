@@ -1,0 +1,98 @@
+"""Run directories: never overwrite a finished run, keep earlier attempts, record provenance."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from .errors import RunExistsError
+
+# A run is finished once this file exists: it is written last.
+FINISHED_MARKER = "results.json"
+# Files a job may have opened before the runner got control (Hydra's job log, appended to).
+PRESERVED_IN_PLACE = {"run.log"}
+PACKAGES = ("torch", "transformers", "pytorch-lightning", "hydra-core", "omegaconf", "datasets", "tokenizers",
+            "wandb", "math-verify", "pillow", "numpy", "othink-mr1")
+
+
+def claim_run_dir(run_dir: Path) -> Path | None:
+    """Make `run_dir` ready for a new attempt.
+
+    A finished run raises RunExistsError before anything is touched. Files left by an unfinished
+    attempt are moved into attempts/<timestamp>/ (returned), so nothing the user has is lost.
+    """
+    run_dir = Path(run_dir)
+    marker = run_dir / FINISHED_MARKER
+    if marker.exists():
+        raise RunExistsError(
+            f"{run_dir} already holds a finished run ({FINISHED_MARKER} written "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(marker.stat().st_mtime))}); refusing to overwrite it. "
+            "Pick another run name with tag=<something> or seed=<n>, or move that folder away."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    leftovers = [p for p in run_dir.iterdir() if p.name not in PRESERVED_IN_PLACE and p.name != "attempts"]
+    if not leftovers:
+        return None
+    target = run_dir / "attempts" / time.strftime("%Y%m%d-%H%M%S")
+    suffix = 0
+    while target.exists():
+        suffix += 1
+        target = target.with_name(f"{target.name.split('.')[0]}.{suffix}")
+    target.mkdir(parents=True)
+    for path in leftovers:
+        path.rename(target / path.name)
+    return target
+
+
+def git_state(root: Path) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain")
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_run_record(run_dir: Path, cfg: Any, root: Path, overrides: list[str] | None = None) -> None:
+    """config.yaml (resolved), meta.json (git SHA, versions, command) and prompts.json."""
+    run_dir = Path(run_dir)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    meta = {
+        "run_name": cfg.run_name,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv,
+        "overrides": overrides or [],
+        "git": git_state(root),
+        "versions": package_versions(),
+        "host": platform.node(),
+    }
+    (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write via a temporary file, so a crash never leaves a half-written (or falsely final) file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+    tmp.replace(path)

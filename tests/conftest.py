@@ -1,0 +1,79 @@
+"""Shared fixtures: the real primary config, composed and shrunk for tests (lightning-hydra-template
+style), a project-wide model cache so tiny_base is built once per checkout, and helpers."""
+
+from __future__ import annotations
+
+import os
+
+# Offline and quiet before anything imports the hub clients.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("OTHINK_ROOT", str(ROOT))
+CONF = ROOT / "conf"
+R1V_EVAL = ROOT / "data" / "r1v_eval"
+# The same cache `make run` uses: tiny/tiny_base and synthetic datasets are built once per checkout.
+CACHE = Path(os.environ.get("OTHINK_CACHE", ROOT / ".cache"))
+
+from othink_mr1.config import register_configs  # noqa: E402
+
+register_configs()
+
+# Small and fast: a few dozen items per split, short generations, 2 steps of SFT.
+SHRINK = [
+    "task.synthetic.num_train=32",
+    "task.synthetic.num_test=8",
+    "tasks.counting.synthetic.num_test=8",
+    "tasks.geometry.synthetic.num_test=8",
+    "eval.batch_size=8",
+    "method.batch_size=4",
+    "method.max_steps=2",
+    "model.max_new_tokens_cap=12",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "save_model=false",
+]
+
+
+def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None, shrink: bool = True) -> DictConfig:
+    """The real primary config with `overrides`, its run_dir under `output_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=(SHRINK if shrink else []) + list(overrides or []), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.cache_dir = str(CACHE)
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+        cfg.paths.run_dir = f"{cfg.paths.output_dir}/runs/{cfg.run_name}"
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def _make(*overrides: str, shrink: bool = True) -> DictConfig:
+        return compose_config(list(overrides), output_dir=tmp_path / "outputs", shrink=shrink)
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """The `tiny` model and processor (random weights), built once per session."""
+    from othink_mr1.models.factory import load_model
+
+    cfg = compose_config(["model=tiny"])
+    return load_model(cfg.model, str(CACHE))

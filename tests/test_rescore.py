@@ -1,0 +1,334 @@
+"""The offline rescore CLI: both input shapes, the report, --out, and one-line input errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from othink_mr1.evaluation.metrics import ItemResult, score_item, summarize
+from othink_mr1.evaluation.rescore import RescoreError, load_records, main
+from othink_mr1.rewards.scorers import get_scorer
+
+ITEM_KEYS = {
+    "question",
+    "ground_truth",
+    "model_output",
+    "extracted",
+    "correct",
+    "format_ok",
+    "parsed",
+    "completion_tokens",
+}
+
+# Four GeoQA items in R1-V's eval-log shape. Re-scored: items 1, 2 and 4 correct, item 3 has no
+# parsable answer. The saved flags claim items 1 and 3 correct: items 2, 3 and 4 disagree.
+GEOQA_LOG = {
+    "accuracy": 50.0,
+    "results": [
+        {
+            "question": {"image_path": "./a.png", "question": "angle CED?", "ground_truth": "140°"},
+            "ground_truth": "140°",
+            "model_output": "<think>angle A = 80, angle B = 60</think><answer>140</answer>",
+            "extracted_answer": "140",
+            "is_correct": True,
+        },
+        {
+            "question": {"image_path": "./b.png", "question": "length of AB?", "ground_truth": "4√{3}"},
+            "ground_truth": "4√{3}",
+            "model_output": "<think>by Pythagoras</think><answer>4\\sqrt{3} cm</answer>",
+            "extracted_answer": "4",
+            "is_correct": False,
+        },
+        {
+            "question": {"image_path": "./c.png", "question": "ratio?", "ground_truth": "\\frac{5}{2}"},
+            "ground_truth": "\\frac{5}{2}",
+            "model_output": "<think>not sure</think><answer></answer>",
+            "extracted_answer": None,
+            "is_correct": True,
+        },
+        {
+            "question": {"image_path": "./d.png", "question": "height?", "ground_truth": "12米"},
+            "ground_truth": "12米",
+            "model_output": "The height is 12 m",  # no tags: whole-output parsing, bad format
+            "extracted_answer": "12",
+            "is_correct": False,
+        },
+    ],
+}
+
+# Counting JSONL (with a blank line, which is skipped): items 1 and 3 correct, 2 wrong, 4 unparsed.
+COUNTING_LINES = [
+    {
+        "question": "How many cubes?",
+        "ground_truth": 3,
+        "model_output": "<think>1, 2, 3</think><answer>3</answer>",
+        "completion_tokens": 10,
+    },
+    {
+        "question": "How many spheres?",
+        "ground_truth": 5,
+        "model_output": "<think>four?</think><answer>4</answer>",
+        "completion_tokens": 20,
+        "correct": False,
+    },
+    None,  # blank line
+    {"question": "How many items?", "ground_truth": "10", "model_output": "<think>...</think> <answer> 10 </answer>"},
+    {"ground_truth": 7, "model_output": "<answer>seven</answer>", "completion_tokens": 30, "correct": True},
+]
+
+
+def _write_log(tmp_path: Path) -> Path:
+    path = tmp_path / "res@checkpoint-30.json"
+    path.write_text(json.dumps(GEOQA_LOG, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
+
+
+def _write_jsonl(tmp_path: Path, records: list, name: str = "counting.jsonl") -> Path:
+    path = tmp_path / name
+    lines = ["" if record is None else json.dumps(record, ensure_ascii=False) for record in records]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# --------------------------------------------------------------------------------------------------
+# Successful runs
+# --------------------------------------------------------------------------------------------------
+
+
+def test_geoqa_r1v_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = _write_log(tmp_path)
+    out = tmp_path / "sub" / "items.jsonl"
+    assert main(["--task", "geoqa", str(log), "--out", str(out)]) == 0
+    report = capsys.readouterr().out.splitlines()
+
+    assert "task: geoqa (scorer: geometry)" in report
+    assert "items: 4" in report
+    assert "correct: 3" in report
+    assert "accuracy: 75.00%" in report
+    assert "format rate: 75.00%" in report
+    assert "parse failures: 1 (25.00%)" in report
+    assert "saved accuracy (as stored): 50.0" in report
+    assert "disagreements with saved per-item correctness: 3 of 4" in report
+
+    items = _read_jsonl(out)
+    assert len(items) == 4
+    assert all(set(item) == ITEM_KEYS for item in items)
+    assert [item["correct"] for item in items] == [True, True, False, True]
+    assert [item["format_ok"] for item in items] == [True, True, True, False]
+    assert [item["parsed"] for item in items] == [True, True, False, True]
+    assert [item["question"] for item in items] == ["angle CED?", "length of AB?", "ratio?", "height?"]
+    assert [item["ground_truth"] for item in items] == ["140°", "4√{3}", "\\frac{5}{2}", "12米"]
+    assert items[0]["extracted"] == "140"
+    assert items[1]["extracted"] == "4\\sqrt{3} cm"
+    assert items[2]["extracted"] is None
+    assert items[3]["extracted"] == "12"
+    assert items[1]["model_output"] == GEOQA_LOG["results"][1]["model_output"]
+    assert all(item["completion_tokens"] is None for item in items)
+
+
+def test_counting_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write_jsonl(tmp_path, COUNTING_LINES)
+    out = tmp_path / "items.jsonl"
+    assert main(["--task", "counting", str(path), "--out", str(out)]) == 0
+    report = capsys.readouterr().out.splitlines()
+
+    assert "task: counting (scorer: counting)" in report
+    assert "items: 4" in report
+    assert "correct: 2" in report
+    assert "accuracy: 50.00%" in report
+    assert "format rate: 75.00%" in report
+    assert "parse failures: 1 (25.00%)" in report
+    assert not any(line.startswith("saved accuracy") for line in report)  # JSONL carries none
+    assert "disagreements with saved per-item correctness: 1 of 2" in report
+
+    items = _read_jsonl(out)
+    assert [item["correct"] for item in items] == [True, False, True, False]
+    assert [item["extracted"] for item in items] == ["3", "4", "10", None]
+    assert [item["ground_truth"] for item in items] == [3, 5, "10", 7]  # kept as given
+    assert [item["completion_tokens"] for item in items] == [10, 20, None, 30]
+    assert [item["question"] for item in items] == ["How many cubes?", "How many spheres?", "How many items?", None]
+
+
+def test_task_alias_and_no_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write_jsonl(tmp_path, COUNTING_LINES)
+    assert main(["--task", "clevr_count", str(path)]) == 0
+    report = capsys.readouterr().out
+    assert "accuracy: 50.00%" in report
+    assert "wrote:" not in report
+
+
+def test_subprocess_entry_point(tmp_path: Path) -> None:
+    log = _write_log(tmp_path)
+    out = tmp_path / "items.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "othink_mr1.evaluation.rescore", "--task", "geoqa", str(log), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy: 75.00%" in proc.stdout
+    assert "correct: 3" in proc.stdout
+    assert len(_read_jsonl(out)) == 4
+
+
+def test_cli_imports_no_heavy_frameworks() -> None:
+    # The CLI must start fast: importing it (and scoring with it) must not pull in the ML stack.
+    code = (
+        "import sys\n"
+        "from othink_mr1.evaluation import rescore\n"
+        "from othink_mr1.rewards.scorers import get_scorer\n"
+        "get_scorer('geoqa').score('<answer>1</answer>', '1')\n"
+        "heavy = [m for m in ('torch', 'transformers', 'lightning', 'datasets', 'hydra') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# load_records / metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def test_load_records_both_shapes(tmp_path: Path) -> None:
+    records = load_records(_write_log(tmp_path))
+    assert records == GEOQA_LOG["results"]
+    records = load_records(_write_jsonl(tmp_path, COUNTING_LINES))
+    assert records == [record for record in COUNTING_LINES if record is not None]
+
+
+def test_load_records_single_line_jsonl(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path, [{"ground_truth": 3, "model_output": "<answer>3</answer>"}])
+    assert load_records(path) == [{"ground_truth": 3, "model_output": "<answer>3</answer>"}]
+
+
+def test_summarize_and_item_json() -> None:
+    scorer = get_scorer("counting")
+    items = [
+        score_item(scorer, "<think>.</think><answer>3</answer>", 3, question="q", completion_tokens=4),
+        score_item(scorer, "<answer>2</answer>", 3),
+        score_item(scorer, "none", 3, completion_tokens=8),
+    ]
+    summary = summarize(items)
+    assert summary == {
+        "n": 3,
+        "correct": 1,
+        "accuracy": pytest.approx(1 / 3),
+        "format_rate": pytest.approx(1 / 3),
+        "parse_failure_rate": pytest.approx(1 / 3),
+        "mean_completion_tokens": pytest.approx(6.0),
+        "mean_completion_chars": pytest.approx((34 + 18 + 4) / 3),
+    }
+    assert items[0].to_json() == {
+        "question": "q",
+        "ground_truth": 3,
+        "model_output": "<think>.</think><answer>3</answer>",
+        "extracted": "3",
+        "correct": True,
+        "format_ok": True,
+        "parsed": True,
+        "completion_tokens": 4,
+    }
+    assert summarize(items[1:2])["mean_completion_tokens"] is None
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_item_json_stringifies_unserialisable_ground_truth() -> None:
+    item = ItemResult(None, {1, 2}, "out", None, False, False, False)  # type: ignore[arg-type]
+    assert item.to_json()["ground_truth"] == str({1, 2})
+    json.dumps(item.to_json())
+
+
+# --------------------------------------------------------------------------------------------------
+# Input errors: exit 2, one line naming the file and the record, no traceback
+# --------------------------------------------------------------------------------------------------
+
+
+def _run_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    message = captured.err.strip()
+    assert message.startswith("error: ")
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_error_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nope.jsonl"
+    message = _run_error(["--task", "geoqa", str(missing)], capsys)
+    assert str(missing) in message and "no such file" in message
+
+
+def test_error_invalid_json_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"ground_truth": 3, "model_output": "x"}\n\n{"ground_truth": 3, "model_o\n', encoding="utf-8")
+    message = _run_error(["--task", "counting", str(path)], capsys)
+    assert str(path) in message and "line 3" in message and "not valid JSON" in message
+
+
+def test_error_missing_key_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write_jsonl(tmp_path, [{"ground_truth": 3, "model_output": "x"}, None, {"ground_truth": 4}])
+    message = _run_error(["--task", "counting", str(path)], capsys)
+    assert str(path) in message and "line 3" in message and "'model_output'" in message
+    with pytest.raises(RescoreError, match="line 3: missing key 'model_output'"):
+        load_records(path)
+
+
+def test_error_missing_key_in_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = json.loads(json.dumps(GEOQA_LOG))
+    del log["results"][1]["ground_truth"]
+    path = tmp_path / "log.json"
+    path.write_text(json.dumps(log), encoding="utf-8")
+    message = _run_error(["--task", "geoqa", str(path)], capsys)
+    assert str(path) in message and "record 2" in message and "'ground_truth'" in message
+
+
+def test_error_record_not_an_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "list.jsonl"
+    path.write_text('{"ground_truth": 3, "model_output": "x"}\n[1, 2]\n', encoding="utf-8")
+    message = _run_error(["--task", "counting", str(path)], capsys)
+    assert str(path) in message and "line 2" in message and "JSON object" in message
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n", '{"accuracy": 0.0, "results": []}'])
+def test_error_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str) -> None:
+    path = tmp_path / "empty.json"
+    path.write_text(content, encoding="utf-8")
+    message = _run_error(["--task", "geoqa", str(path)], capsys)
+    assert str(path) in message and "no records" in message
+
+
+def test_error_unknown_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write_jsonl(tmp_path, COUNTING_LINES)
+    message = _run_error(["--task", "mathvista", str(path)], capsys)
+    assert "mathvista" in message and "geoqa" in message and "counting" in message
+
+
+def test_error_bad_counting_ground_truth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    records = [{"ground_truth": 3, "model_output": "x"}, {"ground_truth": "140°", "model_output": "x"}]
+    path = _write_jsonl(tmp_path, records)
+    message = _run_error(["--task", "counting", str(path)], capsys)
+    assert str(path) in message and "line 2" in message and "140°" in message
+
+
+def test_error_subprocess_has_no_traceback(tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path, [{"model_output": "x"}])
+    proc = subprocess.run(
+        [sys.executable, "-m", "othink_mr1.evaluation.rescore", "--task", "geoqa", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {path}: line 1: missing key 'ground_truth'"
+    assert proc.stdout == ""
