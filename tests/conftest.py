@@ -77,3 +77,8 @@ def tiny(tmp_path_factory):
 
     cfg = compose_config(["model=tiny"])
     return load_model(cfg.model, str(CACHE))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite tests/golden/*.yaml from the current configs (review the diff!)")

@@ -210,8 +210,6 @@ class Config:
     logger: LoggerConfig = MISSING
     paths: PathsConfig = MISSING
     eval: EvalConfig = MISSING
-    experiment: Optional[dict[str, Any]] = None
-    sweeps: Optional[dict[str, Any]] = None
     mode: str = "train"  # train | eval
     seed: int = 42
     # Free-form suffix that separates otherwise identical runs (ablations, repeats).

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .data.datamodule import VLMDataModule
+from .data.synthetic.counting import CELL, MAX_OBJECTS
 from .data.tasks import SOURCES
 from .evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
 from .methods.schedules import LR_SCHEDULES
@@ -64,6 +65,11 @@ def check_task(task: Any, key: str) -> None:
             raise ConfigError(f"{key}.{field} must contain '{{question}}' (where the question goes): {template!r}")
     if task.max_new_tokens < 1:
         raise ConfigError(f"{key}.max_new_tokens={task.max_new_tokens}: must be at least 1")
+    if task.source == "synthetic_counting" and task.synthetic is not None:
+        # One object per 28px cell (a merged visual token): 10 objects need a 4x4 grid.
+        if (task.synthetic.image_size // CELL) ** 2 < MAX_OBJECTS:
+            raise ConfigError(f"{key}.synthetic.image_size={task.synthetic.image_size}: counting scenes of up to "
+                              f"{MAX_OBJECTS} objects need at least {4 * CELL}px")
 
 
 def check_config(cfg: DictConfig) -> dict[str, Any]:

@@ -21,7 +21,8 @@ def render_prompt(template: str, question: str) -> str:
 
 
 def chat_messages(template: str, question: str) -> list[dict[str, Any]]:
-    """One user turn, the image first, then the prompt (R1-V's layout; no system prompt)."""
+    """One user turn, the image first, then the prompt (R1-V's layout). No system turn of our own:
+    the model's chat template adds its default one, as it did for R1-V."""
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": render_prompt(template, question)}]}]
 
 

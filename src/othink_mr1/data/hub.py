@@ -67,17 +67,32 @@ def load_test_jsonl(path: str | Path, image_root: str | Path | None):
                 raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
             check_fields(list(record), "test", str(path) + f", line {line_no}")
             for field in ("question", "ground_truth"):
-                check_text(record[field], field, str(path), line_no)
+                check_text(record[field], field, str(path), line_no, unit="line")
             image_path = record.get("image_path") or record.get("image")
-            check_text(image_path, "image_path", str(path), line_no)
+            check_text(image_path, "image_path", str(path), line_no, unit="line")
             resolved = (root / str(image_path)).resolve()
-            check_image_file(resolved, str(path), line_no)
+            check_image_file(resolved, str(path), line_no, unit="line")
             rows.append({"image_path": str(resolved), "question": str(record["question"]),
                          "ground_truth": str(record["ground_truth"])})
     if not rows:
         raise DataError(f"{path}: the test split is empty")
     check_published(path)
     return datasets.Dataset.from_list(rows)
+
+
+def _saved_split_is_empty(folder: Path) -> bool:
+    """A `save_to_disk` folder whose state lists no data files (a split saved with no rows)."""
+    state = folder / "state.json"
+    return state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files")
+
+
+def _has_rows(path: Path) -> bool:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows > 0
+    with path.open(encoding="utf-8") as fh:
+        return any(line.strip() for line in fh)
 
 
 def load_train_source(source: str, split: str = "train", cache_dir: str | None = None):
@@ -87,6 +102,9 @@ def load_train_source(source: str, split: str = "train", cache_dir: str | None =
     local = Path(source).expanduser()
     if local.exists():
         if local.is_dir() and any((local / n).exists() for n in ("dataset_info.json", "dataset_dict.json", "state.json")):
+            # `datasets` cannot load a saved split with no rows (IndexError): say so instead.
+            if _saved_split_is_empty(local / split if (local / "dataset_dict.json").exists() else local):
+                raise DataError(f"{local}: the train split '{split}' is empty (no rows)")
             ds = datasets.load_from_disk(str(local))
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
@@ -97,10 +115,14 @@ def load_train_source(source: str, split: str = "train", cache_dir: str | None =
         if not files:
             raise DataError(f"{local}: no dataset files (expected a save_to_disk folder, parquet or jsonl)")
         suffix = files[0].suffix
+        # An empty parquet/jsonl makes `datasets` raise ValueError/StopIteration: say so instead.
+        if suffix in (".parquet", ".jsonl", ".json") and not any(_has_rows(f) for f in files):
+            raise DataError(f"{local}: the train split is empty (no rows)")
         if suffix == ".parquet":
-            return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
+            return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train",
+                                         cache_dir=cache_dir)
         if suffix in (".jsonl", ".json"):
-            ds = datasets.load_dataset("json", data_files=[str(f) for f in files], split="train")
+            ds = datasets.load_dataset("json", data_files=[str(f) for f in files], split="train", cache_dir=cache_dir)
             if "image" in ds.column_names:  # paths in the file are relative to it
                 base = files[0].parent
                 ds = ds.map(lambda r: {"image": str((base / r["image"]).resolve()) if r["image"] else r["image"]})

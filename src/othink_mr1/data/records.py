@@ -67,20 +67,21 @@ def check_fields(columns: list[str], role: str, where: str) -> None:
         raise DataError(f"{where}: missing field(s) {missing}; the records have {sorted(columns)}")
 
 
-def check_text(value: Any, field: str, where: str, row: int) -> None:
+def check_text(value: Any, field: str, where: str, row: int, unit: str = "row") -> None:
+    """`unit` is "line" (1-based, JSONL files) or "row" (0-based, datasets)."""
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise DataError(f"{where}, row {row}: field '{field}' is empty")
+        raise DataError(f"{where}, {unit} {row}: field '{field}' is empty")
 
 
-def check_image_file(path: Path, where: str, row: int) -> None:
+def check_image_file(path: Path, where: str, row: int, unit: str = "row") -> None:
     """The image exists and decodes (header and data), else a DataError naming file and row."""
     if not path.is_file():
-        raise DataError(f"{where}, row {row}: image file not found: {path}")
+        raise DataError(f"{where}, {unit} {row}: image file not found: {path}")
     try:
         with Image.open(path) as im:
             im.verify()
     except Exception as exc:  # PIL raises many types for a bad file
-        raise DataError(f"{where}, row {row}: unreadable image {path}: {exc}") from None
+        raise DataError(f"{where}, {unit} {row}: unreadable image {path}: {exc}") from None
 
 
 def check_image_value(value: Any, where: str, row: int) -> None:

@@ -35,6 +35,9 @@ def load_split(task: Any, role: str, cache_dir: str):
         if syn is None:
             raise DataError(f"task '{task.name}': task.synthetic is required for source '{task.source}'")
         num = syn.num_train if role == "train" else syn.num_test
+        if num < 1:
+            key = "num_train" if role == "train" else "num_test"
+            raise DataError(f"task.synthetic.{key}={num}: the {split} split of task '{task.name}' is empty")
         ds = synthetic_split(task.source, split, num, syn.seed, syn.image_size, cache_dir)
         where = f"synthetic task '{task.name}' ({split} split)"
     elif role == "train":

@@ -1,0 +1,180 @@
+"""The config tree: every option composes, schemas catch typos and wrong types with the key named,
+run names derive from the choices, and the paper experiments' composed configs do not drift."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from conftest import CONF, ROOT, compose_config
+
+from othink_mr1.runner import check_config
+from othink_mr1.utils.errors import ConfigError
+
+GOLDEN = Path(__file__).parent / "golden"
+# Groups chosen on the command line (model_method is picked by the model/method pair, hydra is fixed).
+GROUPS = ("task", "method", "model", "kl", "trainer", "logger", "paths", "eval", "mode", "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+ALL_OPTIONS = [(g, o) for g in GROUPS for o in options(g)]
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert options(group), f"conf/{group}/ has no options"
+    assert sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml")), "sweeps/ has no sweep configs"
+
+
+@pytest.mark.parametrize("group,option", ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
+def test_every_option_composes_and_resolves(group, option, tmp_path):
+    cfg = compose_config([f"{group}={option}"], output_dir=tmp_path, shrink=False)
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert plain["run_name"] and "${" not in plain["run_name"]
+    assert plain["task"]["name"] in plain["run_name"] or plain["mode"] == "eval"
+    if group in ("task", "method", "model"):
+        assert plain[group]["name"] == option
+
+
+def test_sweep_config_is_a_group_and_launches_a_multirun(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["sweeps=sft_seeds"], return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.hydra.sweeper.params == {"seed": "1,2,3"}
+    assert cfg.hydra.sweep.subdir == cfg.run_name  # one folder per job, named by its choices
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("method.lrr=1e-4", "lrr"),  # typo in a key
+        ("task.train_size=ten", "task.train_size"),  # wrong type
+        ("eval.batch_size=big", "eval.batch_size"),
+        ("model.tiny.hidden_size=1.5", "model.tiny.hidden_size"),
+        ("trainer.enable_progress_bar=maybe", "trainer.enable_progress_bar"),
+    ],
+)
+def test_typos_and_wrong_types_fail_at_composition_naming_the_key(override, key):
+    with pytest.raises((HydraException, OmegaConfBaseException)) as err:
+        compose_config([override])
+    assert key in str(err.value) or key in str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("group", ["task", "model", "method"])
+def test_unknown_option_names_the_group_and_lists_choices(group):
+    with pytest.raises(HydraException) as err:
+        compose_config([f"{group}=no_such_thing"])
+    message = str(err.value)
+    assert f"{group}/no_such_thing" in message
+    for option in options(group):
+        assert option in message
+
+
+def test_run_name_and_dirs_derive_from_choices_and_seed(tmp_path):
+    cfg = compose_config(["task=geometry", "seed=3"], output_dir=tmp_path)
+    assert cfg.run_name == "geometry_sft_tiny_base_seed3"
+    cfg = compose_config(["task=geometry", "seed=3", "tag=lr_ablation"], output_dir=tmp_path)
+    assert cfg.run_name == "geometry_sft_tiny_base_seed3_lr_ablation"
+    cfg = compose_config(["mode=eval", "model=tiny", "seed=5"], output_dir=tmp_path)
+    assert cfg.run_name == "eval_tiny_seed5"
+    cfg = compose_config(["mode=eval", "ckpt=outputs/runs/counting_sft_tiny_seed1/checkpoints/last.ckpt"], output_dir=tmp_path)
+    assert cfg.run_name == "eval_tiny_base_counting_sft_tiny_seed1-last_seed42"
+
+
+def test_hydra_run_dir_is_the_run_name_under_outputs():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["task=geometry", "seed=7"], return_hydra_config=True)
+    assert cfg.hydra.run.dir.endswith("/runs/geometry_sft_tiny_base_seed7")
+    assert cfg.hydra.output_subdir is None  # the runner writes config.yaml itself, never over a finished run
+
+
+def test_pair_specific_settings_come_from_model_method(tmp_path):
+    # The tiny models train at a small-model lr; the real ones keep R1-V's; the command line wins.
+    assert compose_config(["model=tiny_base"], shrink=False).method.lr == pytest.approx(5e-4)
+    assert compose_config(["model=qwen2_vl_2b_instruct"], shrink=False).method.lr == pytest.approx(2e-5)
+    assert compose_config(["model=tiny_base", "method.lr=1e-3"], shrink=False).method.lr == pytest.approx(1e-3)
+
+
+def test_real_models_load_from_hub_ids_with_r1v_pixels():
+    expected = {
+        "qwen2_vl_2b_instruct": "Qwen/Qwen2-VL-2B-Instruct",
+        "qwen2_vl_7b_instruct": "Qwen/Qwen2-VL-7B-Instruct",
+        "qwen2_5_vl_3b_instruct": "Qwen/Qwen2.5-VL-3B-Instruct",
+    }
+    for name, hub_id in expected.items():
+        model = compose_config([f"model={name}"], shrink=False).model
+        assert (model.source, model.path, model.dtype) == ("pretrained", hub_id, "bfloat16")
+        assert (model.min_pixels, model.max_pixels) == (3136, 401408)
+
+
+def test_one_prompt_per_task_shared_by_training_and_eval():
+    cfg = compose_config([], shrink=False)
+    for name, task in cfg.tasks.items():
+        assert "{question}" in task.prompt
+        assert task.prompt.startswith("{question}  Output the thinking process")  # R1-V's training template
+        assert task.eval_prompt is None  # evaluation reuses `prompt` unless set
+
+
+def test_semantic_checks_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="eval.tasks: unknown task 'nope'"):
+        check_config(compose_config(["eval.tasks=[counting,nope]"], output_dir=tmp_path))
+    with pytest.raises(ConfigError, match=r"task.prompt must contain '\{question\}'"):
+        check_config(compose_config(["task.prompt=Count the objects."], output_dir=tmp_path))
+    with pytest.raises(ConfigError, match="method.lr_schedule='exponential'"):
+        check_config(compose_config(["method.lr_schedule=exponential"], output_dir=tmp_path))
+    with pytest.raises(ConfigError, match="method.batch_size=0"):
+        check_config(compose_config(["method.batch_size=0"], output_dir=tmp_path))
+    with pytest.raises(ConfigError, match="ckpt='/no/such.ckpt'"):
+        check_config(compose_config(["mode=eval", "ckpt=/no/such.ckpt"], output_dir=tmp_path))
+
+
+def _golden_view(name: str) -> dict:
+    """The composed experiment without machine-specific paths."""
+    cfg = compose_config([f"experiment={name}"], output_dir=Path("/outputs"), shrink=False)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("paths")
+    for task in [plain["task"], *plain["tasks"].values()]:
+        for key in ("test_jsonl", "image_root"):
+            if task[key]:
+                task[key] = str(Path(task[key]).relative_to(ROOT))
+    return plain
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_paper_experiment_matches_its_golden_config(name, request):
+    """verl-style: a changed default that alters a paper experiment fails here until the golden
+    file is regenerated on purpose (pytest --update-golden) and the diff reviewed."""
+    golden = GOLDEN / f"{name}.yaml"
+    view = _golden_view(name)
+    if request.config.getoption("--update-golden"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(yaml.safe_dump(view, sort_keys=True, allow_unicode=True))
+    assert golden.exists(), f"no golden config for experiment {name}: run pytest --update-golden"
+    assert yaml.safe_load(golden.read_text()) == view
+
+
+def test_cli_reports_a_bad_override_without_running(tmp_path):
+    env = {"OTHINK_OUTPUT_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), "method.lrr=1"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode != 0
+    assert "method.lrr" in out.stderr
+    assert not (tmp_path / "runs").exists()

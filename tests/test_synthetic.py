@@ -1,0 +1,365 @@
+"""Synthetic tasks: deterministic items, true counts, correct geometry answers, disjoint splits, cache."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from othink_mr1.data import synthetic
+from othink_mr1.data.synthetic import counting, geometry, generate_records, synthetic_split
+from othink_mr1.data.synthetic.counting import CELL, MAX_OBJECTS, MIN_OBJECTS, TEST_STYLE, TRAIN_STYLE
+from othink_mr1.data.synthetic.geometry import FAMILIES, _length, _sqrt_form, make_problem, split_combinations
+from othink_mr1.rewards.scorers import GeometryScorer
+
+IMAGE_SIZE = 112
+N_COUNTING = 40  # items per split whose objects are counted in the pixels
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """8-connected components of a boolean mask (plain BFS; scipy is not a dependency)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    height, width = mask.shape
+    found = []
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        seen[y0, x0] = True
+        queue, pixels = deque([(int(y0), int(x0))]), []
+        while queue:
+            y, x = queue.popleft()
+            pixels.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        queue.append((ny, nx))
+        found.append(pixels)
+    return found
+
+
+def _objects(image: Image.Image, background: tuple[int, int, int]) -> list[list[tuple[int, int]]]:
+    pixels = np.asarray(image.convert("RGB"))
+    return _components(np.any(pixels != np.array(background, dtype=np.uint8), axis=-1))
+
+
+def _image_bytes(image: Image.Image) -> tuple:
+    return image.mode, image.size, image.tobytes()
+
+
+def _text(item: dict) -> dict:
+    return {k: v for k, v in item.items() if k != "image"}
+
+
+# ------------------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("module", [counting, geometry], ids=["counting", "geometry"])
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_same_arguments_give_identical_items(module, split):
+    for index in range(5):
+        first = module.make_item(split, index, 3, IMAGE_SIZE)
+        second = module.make_item(split, index, 3, IMAGE_SIZE)
+        assert _text(first) == _text(second)
+        assert _image_bytes(first["image"]) == _image_bytes(second["image"])
+        assert first["image"].size == (IMAGE_SIZE, IMAGE_SIZE)
+        # Without rendering the text is the same as with it.
+        assert _text(module.make_item(split, index, 3, IMAGE_SIZE, render=False)) == _text(first)
+        assert module.make_item(split, index, 3, IMAGE_SIZE, render=False)["image"] is None
+
+
+def test_counting_other_seed_gives_other_items():
+    for index in range(5):
+        a = counting.make_item("train", index, 0, IMAGE_SIZE)
+        b = counting.make_item("train", index, 1, IMAGE_SIZE)
+        assert _image_bytes(a["image"]) != _image_bytes(b["image"])
+    # The sequence of answers differs too, not just the pixels.
+    seed0 = [counting.make_item("train", i, 0, IMAGE_SIZE, render=False)["solution"] for i in range(20)]
+    seed1 = [counting.make_item("train", i, 1, IMAGE_SIZE, render=False)["solution"] for i in range(20)]
+    assert seed0 != seed1
+
+
+def test_geometry_other_seed_gives_other_items():
+    seed0 = [_text(geometry.make_item("train", i, 0, IMAGE_SIZE, render=False)) for i in range(20)]
+    seed1 = [_text(geometry.make_item("train", i, 1, IMAGE_SIZE, render=False)) for i in range(20)]
+    assert seed0 != seed1
+    assert sum(a != b for a, b in zip(seed0, seed1)) >= 10
+
+
+def test_generate_records_yields_num_items_in_index_order():
+    records = list(generate_records("synthetic_counting", "test", 6, 2, IMAGE_SIZE, render=False))
+    assert len(records) == 6
+    assert records == [counting.make_item("test", i, 2, IMAGE_SIZE, render=False) for i in range(6)]
+
+
+# ---------------------------------------------------------------------------------------- counting
+
+
+@pytest.mark.parametrize("split,style", [("train", TRAIN_STYLE), ("test", TEST_STYLE)])
+def test_counting_ground_truth_is_the_number_of_objects_in_the_image(split, style):
+    counts = []
+    for index in range(N_COUNTING):
+        item = counting.make_item(split, index, 0, IMAGE_SIZE)
+        truth = item["ground_truth"] if split == "test" else int(re.fullmatch(r"<answer> (\d+) </answer>", item["solution"])[1])
+        objects = _objects(item["image"], style.background)
+        assert len(objects) == truth, f"{split} item {index}: {len(objects)} objects drawn, ground truth {truth}"
+        # Every object lies inside one 28px grid cell (so objects never touch), one object per cell.
+        cells = set()
+        for pixels in objects:
+            ys, xs = zip(*pixels)
+            cell = (min(ys) // CELL, min(xs) // CELL)
+            assert (max(ys) // CELL, max(xs) // CELL) == cell, f"{split} item {index}: object spans cells"
+            cells.add(cell)
+        assert len(cells) == len(objects)
+        counts.append(truth)
+    assert all(MIN_OBJECTS <= c <= MAX_OBJECTS for c in counts)
+    assert (MIN_OBJECTS, MAX_OBJECTS) == (3, 10)
+    assert len(set(counts)) >= 5  # the counts vary
+
+
+def test_counting_train_and_test_styles_differ():
+    assert TRAIN_STYLE.background != TEST_STYLE.background
+    assert not set(TRAIN_STYLE.colors) & set(TEST_STYLE.colors)
+    assert not set(TRAIN_STYLE.shapes) & set(TEST_STYLE.shapes)
+    train_palette = set(TRAIN_STYLE.colors)
+    for split, style, other in (("train", TRAIN_STYLE, TEST_STYLE), ("test", TEST_STYLE, TRAIN_STYLE)):
+        for index in range(10):
+            image = counting.make_item(split, index, 0, IMAGE_SIZE)["image"]
+            assert image.getpixel((0, 0)) == style.background  # objects keep off the cell border
+            colours = {tuple(int(v) for v in c) for c in np.unique(np.asarray(image).reshape(-1, 3), axis=0)}
+            assert style.background in colours and other.background not in colours
+            # Objects are drawn without anti-aliasing: only the style's own colours appear.
+            assert colours - {style.background} <= set(style.colors)
+            if split == "test":
+                assert not (colours & train_palette)
+
+
+def test_render_scene_refuses_more_objects_than_cells():
+    import random
+
+    with pytest.raises(ValueError, match="do not fit"):
+        counting.render_scene(random.Random(0), 5, 56, TRAIN_STYLE)  # a 2x2 grid
+
+
+def test_counting_records_follow_the_r1v_schemas():
+    for index in range(10):
+        train = counting.make_item("train", index, 0, IMAGE_SIZE)
+        assert set(train) == {"image", "problem", "solution"}
+        assert re.fullmatch(r"<answer> ([3-9]|10) </answer>", train["solution"])
+        assert train["problem"] in counting.TRAIN_QUESTIONS
+        assert isinstance(train["image"], Image.Image) and train["image"].mode == "RGB"
+
+        test = counting.make_item("test", index, 0, IMAGE_SIZE)
+        assert set(test) == {"image", "question", "ground_truth"}
+        assert type(test["ground_truth"]) is int and 3 <= test["ground_truth"] <= 10
+        assert test["question"] == "How many different items are there in the image?"
+
+
+def test_geometry_records_follow_the_r1v_schemas():
+    names = {f.name for f in FAMILIES}
+    for index in range(10):
+        train = geometry.make_item("train", index, 0, IMAGE_SIZE)
+        # R1-V's train fields, plus the family name (an extra column, ignored by the loaders).
+        assert set(train) == {"image", "problem", "solution", "family"}
+        assert re.fullmatch(r"<answer>.+</answer>", train["solution"])
+        assert train["family"] in names
+        test = geometry.make_item("test", index, 0, IMAGE_SIZE)
+        assert set(test) == {"image", "question", "ground_truth", "family"}
+        assert isinstance(test["ground_truth"], str) and test["ground_truth"]
+        assert test["question"].startswith("As shown in the figure")
+        assert test["image"].size == (IMAGE_SIZE, IMAGE_SIZE)
+
+
+# ---------------------------------------------------------------------------------------- geometry
+
+
+def _sqrt_reference(value: int) -> str:
+    """Independent simplification of sqrt(value): the largest square factor goes outside."""
+    outside = max(k for k in range(1, value + 1) if value % (k * k) == 0)
+    inside = value // (outside * outside)
+    if inside == 1:
+        return str(outside)
+    return ("" if outside == 1 else str(outside)) + f"√{{{inside}}}"
+
+
+def _numbers(pattern: str, question: str) -> tuple[int, ...]:
+    match = re.search(pattern, question)
+    assert match, f"{pattern!r} not in {question!r}"
+    return tuple(int(g) for g in match.groups())
+
+
+def _degrees(value: Fraction) -> str:
+    assert value.denominator == 1 and 0 < value < 180, value
+    return f"{value.numerator}°"
+
+
+def expected_answer(family: str, question: str) -> tuple[tuple[int, ...], str]:
+    """(the numbers given in the question, the answer recomputed from them) for `family`."""
+    if family == "parallel_corresponding":
+        (x,) = nums = _numbers(r"angle 1 = (\d+)\.0", question)
+        return nums, _degrees(Fraction(x))
+    if family == "vertical_angles":
+        (x,) = nums = _numbers(r"angle AOC = (\d+)\.0", question)
+        return nums, _degrees(Fraction(x))
+    if family == "alternate_angles":
+        (x,) = nums = _numbers(r"angle ABC = (\d+)\.0", question)
+        return nums, _degrees(Fraction(x))
+    if family == "parallel_interior":
+        (x,) = nums = _numbers(r"angle AEF = (\d+)\.0", question)
+        return nums, _degrees(180 - Fraction(x))
+    if family == "triangle_sum":
+        a, b = nums = _numbers(r"angle A = (\d+)\.0, angle B = (\d+)\.0", question)
+        return nums, _degrees(180 - Fraction(a) - b)
+    if family == "isosceles_base":
+        (a,) = nums = _numbers(r"AB = AC, angle A = (\d+)\.0", question)
+        return nums, _degrees((180 - Fraction(a)) / 2)
+    if family == "angle_bisector":
+        (x,) = nums = _numbers(r"angle AOB = (\d+)\.0", question)
+        return nums, _degrees(Fraction(x) / 2)
+    if family == "inscribed_angle":
+        (x,) = nums = _numbers(r"angle AOB = (\d+)\.0", question)
+        return nums, _degrees(Fraction(x) / 2)
+    if family == "diameter_right_angle":
+        (a,) = nums = _numbers(r"angle ABC = (\d+)\.0", question)
+        return nums, _degrees(90 - Fraction(a))
+    if family == "midline_length":
+        (bc,) = nums = _numbers(r"BC = (\d+)\.0", question)
+        de = Fraction(bc, 2)
+        return nums, (f"{de.numerator}cm" if de.denominator == 1 else f"\\frac{{{de.numerator}}}{{{de.denominator}}}")
+    if family == "pythagoras":
+        a, b = nums = _numbers(r"angle C = 90\.0, AC = (\d+)\.0, BC = (\d+)\.0", question)
+        return nums, _sqrt_reference(a * a + b * b)
+    if family == "equilateral_angle":
+        return _numbers(r"AB = (\d+)\.0", question), "60°"
+    if family == "semicircle_right_angle":
+        return _numbers(r"AC = (\d+)\.0", question), "90°"
+    if family == "square_diagonals":
+        return _numbers(r"AB = (\d+)\.0", question), "90°"
+    if family == "regular_hexagon_angle":
+        return _numbers(r"side length (\d+)\.0", question), "120°"
+    raise AssertionError(f"no reference for family {family!r}")
+
+
+GEOQA_NOTATION = re.compile(r"\d+°|\d+cm|\\frac\{\d+\}\{\d+\}|\d*√\{\d+\}|\d+")
+
+
+def test_sqrt_form_and_length_use_geoqa_notation():
+    assert _sqrt_form(20) == "2√{5}"
+    assert _sqrt_form(25) == "5"
+    assert _sqrt_form(13) == "√{13}"
+    assert _sqrt_form(72) == "6√{2}"  # the largest square factor, not the first one found
+    assert _sqrt_form(1) == "1"
+    assert all(_sqrt_form(v) == _sqrt_reference(v) for v in range(1, 300))
+    assert _length(6) == "6cm"
+    assert _length(7, 2) == "\\frac{7}{2}"
+    assert _length(8, 2) == "4cm"
+    assert _length(6, 4) == "\\frac{3}{2}"
+
+
+def test_geometry_families_split_their_numbers_disjointly():
+    assert len(FAMILIES) == 15 and len({f.name for f in FAMILIES}) == 15
+    for family in FAMILIES:
+        train = split_combinations(family, "train")
+        test = split_combinations(family, "test")
+        assert train and test, family.name
+        assert not set(train) & set(test), family.name
+        assert set(train) | set(test) == set(family.combinations), family.name
+        # The split is a pure function of the combination (stable across calls).
+        assert split_combinations(family, "test") == test
+
+
+def test_every_combination_of_every_family_has_the_right_answer():
+    """Exhaustive: each family builds the answer a reference solver derives from the question."""
+    for family in FAMILIES:
+        for combo in family.combinations:
+            problem = family.build(*combo)
+            numbers, answer = expected_answer(family.name, problem.question)
+            assert numbers == combo, (family.name, combo, problem.question)
+            assert problem.answer == answer, (family.name, combo, problem.answer, answer)
+            assert GEOQA_NOTATION.fullmatch(problem.answer), problem.answer
+            # The worked solution ends with the answer it teaches.
+            assert problem.answer in problem.thinking, (family.name, problem.thinking)
+
+
+def test_generated_geometry_items_are_right_and_stay_in_their_split():
+    scorer = GeometryScorer()
+    families = {f.name: f for f in FAMILIES}
+    notations = set()
+    checked = 0
+    for split in ("train", "test"):
+        for index in range(150):
+            item = geometry.make_item(split, index, 0, IMAGE_SIZE, render=False)
+            if split == "test":
+                question, truth = item["question"], item["ground_truth"]
+            else:
+                question, truth = item["problem"], re.fullmatch(r"<answer>(.+)</answer>", item["solution"])[1]
+            numbers, answer = expected_answer(item["family"], question)
+            assert truth == answer, (split, index, item)
+            assert numbers in split_combinations(families[item["family"]], split), (split, index, numbers)
+            assert scorer.score(f"<answer> {answer} </answer>", truth).correct, (split, index, truth)
+            assert make_problem(split, index, 0)[1].answer == truth
+            notations.update(n for n in ("°", "cm", "\\frac", "√") if n in truth)
+            checked += 1
+    assert checked == 300
+    assert notations == {"°", "cm", "\\frac", "√"}
+
+
+def test_geometry_scorer_rejects_a_wrong_answer_for_generated_items():
+    scorer = GeometryScorer()
+    for index in range(20):
+        truth = geometry.make_item("test", index, 0, IMAGE_SIZE, render=False)["ground_truth"]
+        # A different number with the same notation is wrong (so the check above is not vacuous).
+        wrong = re.sub(r"\d+", lambda m: str(int(m.group()) + 1), truth, count=1)
+        assert not scorer.score(f"<answer> {wrong} </answer>", truth).correct, (truth, wrong)
+
+
+# ------------------------------------------------------------------------------------------- cache
+
+
+@pytest.mark.parametrize("source", ["synthetic_counting", "synthetic_geometry"])
+def test_synthetic_split_is_written_once_then_loaded_from_cache(tmp_path, monkeypatch, source):
+    import datasets
+
+    ds = synthetic_split(source, "test", 6, 0, IMAGE_SIZE, tmp_path)
+    folders = list((tmp_path / "datasets").iterdir())
+    assert len(folders) == 1, folders  # no half-written temporary folder left beside it
+    folder = folders[0]
+    assert folder.name.startswith(f"{source}-test-6-")
+    assert (folder / "dataset_info.json").is_file()
+    assert len(ds) == 6
+    assert isinstance(ds.features["image"], datasets.Image)
+    expected = list(generate_records(source, "test", 6, 0, IMAGE_SIZE))
+    for row, record in zip(ds, expected):
+        assert _text(row) == _text(record)
+        assert _image_bytes(row["image"].convert("RGB")) == _image_bytes(record["image"])  # PNG is lossless
+
+    def no_regeneration(*args, **kwargs):
+        raise AssertionError("generate_records called although the split is cached")
+
+    monkeypatch.setattr(synthetic, "generate_records", no_regeneration)
+    again = synthetic_split(source, "test", 6, 0, IMAGE_SIZE, tmp_path)
+    assert again.to_dict()["question"] == ds.to_dict()["question"]
+    assert again.to_dict()["ground_truth"] == ds.to_dict()["ground_truth"]
+    assert [_image_bytes(r["image"]) for r in again] == [_image_bytes(r["image"]) for r in ds]
+    # Another size is another dataset: it is generated, in its own folder.
+    with pytest.raises(AssertionError, match="generate_records called"):
+        synthetic_split(source, "test", 7, 0, IMAGE_SIZE, tmp_path)
+
+
+def test_synthetic_split_cache_key_covers_every_argument(tmp_path):
+    synthetic_split("synthetic_counting", "train", 4, 0, IMAGE_SIZE, tmp_path)
+    synthetic_split("synthetic_counting", "train", 4, 1, IMAGE_SIZE, tmp_path)
+    synthetic_split("synthetic_counting", "train", 4, 0, 140, tmp_path)
+    small = synthetic_split("synthetic_counting", "train", 4, 0, 140, tmp_path)
+    assert len(list((tmp_path / "datasets").iterdir())) == 3
+    assert small[0]["image"].size == (140, 140)
+    assert set(small.column_names) == {"image", "problem", "solution"}
