@@ -1,0 +1,48 @@
+"""Time a from-scratch build of tiny_base (tokenizer, random init, pretraining, acceptance check).
+
+    python bench/tiny_base_build.py
+
+Builds into a fresh temporary cache (the project cache is left alone), prints the build report
+(accuracy per synthetic test split, seconds) and writes bench/results/tiny_base_build.json.
+Target: at most 5 minutes on 2 CPU cores, accuracy within [15%, 60%] on both tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def main() -> None:
+    from omegaconf import OmegaConf
+
+    from othink_mr1.config import ModelConfig, TinyArchConfig, TinyBaseBuildConfig
+    from othink_mr1.models.factory import tiny_base_folder
+    from othink_mr1.utils.quiet import quiet_third_party
+
+    quiet_third_party()
+    model_cfg = OmegaConf.structured(ModelConfig(name="tiny_base", source="tiny_base", max_pixels=12544,
+                                                 max_new_tokens_cap=64, tiny=TinyArchConfig(),
+                                                 base_build=TinyBaseBuildConfig()))
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        folder = tiny_base_folder(model_cfg, cache)
+        wall = time.perf_counter() - start
+        report = json.loads((folder / "build_report.json").read_text())
+    result = {"wall_seconds_including_data_and_tokenizer": round(wall, 1), **{k: report[k] for k in
+              ("accuracy", "format_rate", "window", "in_window", "train_seconds", "total_seconds")}}
+    out = ROOT / "bench" / "results" / "tiny_base_build.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
