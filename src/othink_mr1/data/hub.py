@@ -96,7 +96,9 @@ def _has_rows(path: Path) -> bool:
 
 
 def load_train_source(source: str, split: str = "train", cache_dir: str | None = None):
-    """A train split in R1-V's schema from a hub id or a local copy (folder, parquet, jsonl)."""
+    """A train split in R1-V's schema from a hub id or a local copy (folder, parquet, jsonl).
+
+    `cache_dir` holds the Arrow cache of local parquet/jsonl copies; hub ids use the HF cache."""
     import datasets
 
     local = Path(source).expanduser()
@@ -132,7 +134,8 @@ def load_train_source(source: str, split: str = "train", cache_dir: str | None =
     if source.startswith((".", "/", "~")):
         raise DataError(f"train data not found: {source}")
     try:
-        return datasets.load_dataset(source, split=split, cache_dir=cache_dir)
+        # Hub data goes to the user's Hugging Face cache (HF_HOME), where earlier downloads already are.
+        return datasets.load_dataset(source, split=split)
     except Exception as exc:  # offline, unknown id, missing split
         raise DataError(
             f"could not load train data '{source}' (split '{split}') from the hub: {exc}. "
