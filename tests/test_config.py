@@ -179,3 +179,11 @@ def test_cli_reports_a_bad_override_without_running(tmp_path):
     assert out.returncode != 0
     assert "method.lrr" in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_rescore_task_names_use_the_scorer_each_task_config_names():
+    from othink_mr1.rewards.scorers import SCORER_FOR_TASK
+
+    for name in options("task"):
+        task = compose_config([f"task={name}"], shrink=False).task
+        assert SCORER_FOR_TASK[name] == task.scorer, name

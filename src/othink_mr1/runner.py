@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from .data.datamodule import VLMDataModule
 from .data.synthetic.counting import CELL, MAX_OBJECTS
@@ -213,6 +214,23 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: di
     return pl.Trainer(**kwargs)
 
 
+def load_weights(cfg: DictConfig) -> tuple[Any, Any]:
+    """The model to train or score: `model.*`, or in eval mode a `ckpt=` (.ckpt file or saved folder)."""
+    from .models.factory import load_checkpoint_weights, load_local, load_model
+
+    m = cfg.model
+    if cfg.ckpt and Path(cfg.ckpt).is_dir():
+        model, processor = load_local(cfg.ckpt, dtype=m.dtype, attn_implementation=m.attn_implementation,
+                                      min_pixels=m.min_pixels, max_pixels=m.max_pixels)
+    else:
+        model, processor = load_model(m, cfg.paths.cache_dir)
+        if cfg.ckpt:
+            load_checkpoint_weights(model, cfg.ckpt)
+    if m.gradient_checkpointing and cfg.mode == "train":
+        model.gradient_checkpointing_enable()
+    return model, processor
+
+
 def evaluate(trainer: pl.Trainer, module: Any, dm: VLMDataModule, stage: str) -> dict[str, dict]:
     module.eval_stage = stage
     trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)
@@ -228,11 +246,13 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     quiet_third_party()
     eval_tasks = check_config(cfg)
     run_dir = Path(cfg.paths.run_dir)
-    moved = claim_run_dir(run_dir)
-    if moved is not None:
-        print(f"[run] earlier unfinished attempt kept in {moved}")
-    write_run_record(run_dir, cfg, Path(cfg.paths.root_dir), overrides)
-    print(f"[run] {cfg.run_name} -> {run_dir}", flush=True)
+    # Launched processes of a multi-device run (ranks > 0) leave the directory to rank 0.
+    if rank_zero_only.rank == 0:
+        moved = claim_run_dir(run_dir)
+        if moved is not None:
+            print(f"[run] earlier unfinished attempt kept in {moved}")
+        write_run_record(run_dir, cfg, Path(cfg.paths.root_dir), overrides)
+        print(f"[run] {cfg.run_name} -> {run_dir}", flush=True)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -251,17 +271,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
         budget = train_budget(cfg, len(dm.train_split))
         print(budget_line(cfg, len(dm.train_split), budget), flush=True)
 
-    from .models.factory import load_checkpoint_weights, load_local, load_model
-
-    if cfg.ckpt and Path(cfg.ckpt).is_dir():
-        model, processor = load_local(cfg.ckpt, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-                                      min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
-    else:
-        model, processor = load_model(cfg.model, cfg.paths.cache_dir)
-        if cfg.ckpt:
-            load_checkpoint_weights(model, cfg.ckpt)
-    if cfg.model.gradient_checkpointing and train:
-        model.gradient_checkpointing_enable()
+    model, processor = load_weights(cfg)
     dm.processor = processor
 
     spec = EvalSpec(
