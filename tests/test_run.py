@@ -213,3 +213,31 @@ def test_cli_runs_the_main_job_and_refuses_a_rerun(tmp_path):
     second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert second.returncode == 2
     assert second.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir} already holds a finished run")
+
+
+def test_in_training_validation_and_gradient_accumulation(make_cfg):
+    cfg = make_cfg(*TINY, "eval.every_n_steps=1", "method.accumulate_grad_batches=2", "eval.row_zero=false")
+    results = run(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    # 2 optimizer steps x 2 micro-batches x 4 samples; validated after each optimizer step.
+    assert results["train"]["steps"] == 2 and results["train"]["samples"] == 16
+    assert results["train"]["samples_per_step"] == 8
+    stages = sorted(p.name for p in (run_dir / "eval").iterdir())
+    assert stages == ["final", "step1", "step2"]
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    # Each eval row says after how many optimizer steps it was measured (step1, step2, final).
+    assert [float(r["progress/optimizer_steps"]) for r in rows if r["eval/counting/acc"]] == [1.0, 2.0, 2.0]
+
+
+def test_bf16_mixed_precision_trains_fp32_master_weights(make_cfg):
+    import torch
+
+    cfg = make_cfg(*TINY, "trainer.precision=bf16-mixed", "eval.row_zero=false", "save_model=true")
+    run(cfg)
+    rows = list(csv.DictReader((Path(cfg.paths.run_dir) / "csv" / "metrics.csv").open()))
+    losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    from othink_mr1.models.factory import load_local
+
+    model, _ = load_local(Path(cfg.paths.run_dir) / "model")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

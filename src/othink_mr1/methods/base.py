@@ -64,6 +64,8 @@ class VLMModule(pl.LightningModule):
                     # Already identical on every rank (gathered above): no reduction needed.
                     self.log(f"eval/{task}/{metric}", float(summary[key]), add_dataloader_idx=False,
                              rank_zero_only=True)
+        # An explicit x-axis for eval rows: Lightning's own `step` column lags one behind mid-training.
+        self.log("progress/optimizer_steps", float(self.global_step), rank_zero_only=True)
         stage = self.eval_stage or f"step{self.global_step}"
         if self.eval_dir is not None and self.trainer.is_global_zero:
             write_stage(self.eval_dir / stage, summaries, self._acc,
