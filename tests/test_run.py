@@ -237,7 +237,8 @@ def test_bf16_mixed_precision_trains_fp32_master_weights(make_cfg):
     rows = list(csv.DictReader((Path(cfg.paths.run_dir) / "csv" / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r["train/loss"]]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
-    from othink_mr1.models.factory import load_local
+    from safetensors import safe_open
 
-    model, _ = load_local(Path(cfg.paths.run_dir) / "model")
-    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    # The weights themselves stay fp32 (autocast computes in bf16): what was saved says so.
+    with safe_open(str(Path(cfg.paths.run_dir) / "model" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
