@@ -82,6 +82,7 @@ def test_unknown_option_names_the_group_and_lists_choices(group):
     assert f"{group}/no_such_thing" in message
     for option in options(group):
         assert option in message
+    assert "schema" not in message.split("Config search path")[0]  # schemas are not options
 
 
 def test_run_name_and_dirs_derive_from_choices_and_seed(tmp_path):

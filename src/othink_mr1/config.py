@@ -1,7 +1,7 @@
 """Structured-config schemas for every Hydra config group.
 
 Each group option in ``conf/`` starts its defaults list with the schema stored here
-(``- schema_<group>`` or a method-specific one), so composition fails on a misspelt key or a value
+(``- /schema/<group>@_here_``, ``- /schema/sft@_here_`` for a method), so composition fails on a misspelt key or a value
 of the wrong type and the error names the full key (``method.lrr``, ``task.train_size``), before
 any data is loaded or any model is built.
 """
@@ -225,14 +225,11 @@ def register_configs() -> None:
     """Store the schemas so the YAML options can name them in their defaults lists."""
     cs = ConfigStore.instance()
     cs.store(name="schema_config", node=Config)
-    cs.store(group="task", name="schema_task", node=TaskConfig)
-    cs.store(group="model", name="schema_model", node=ModelConfig)
-    cs.store(group="method", name="schema_sft", node=SFTConfig)
-    cs.store(group="kl", name="schema_kl", node=KLConfig)
-    cs.store(group="trainer", name="schema_trainer", node=TrainerConfig)
-    cs.store(group="logger", name="schema_logger", node=LoggerConfig)
-    cs.store(group="paths", name="schema_paths", node=PathsConfig)
-    cs.store(group="eval", name="schema_eval", node=EvalConfig)
+    # In a group of their own, not in the groups they type, so `task=<typo>` lists only real options.
+    for name, node in (("task", TaskConfig), ("model", ModelConfig), ("sft", SFTConfig), ("kl", KLConfig),
+                       ("trainer", TrainerConfig), ("logger", LoggerConfig), ("paths", PathsConfig),
+                       ("eval", EvalConfig)):
+        cs.store(group="schema", name=name, node=node)
     _register_resolvers()
 
 
