@@ -332,3 +332,11 @@ def test_error_subprocess_has_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {path}: line 1: missing key 'ground_truth'"
     assert proc.stdout == ""
+
+
+def test_error_out_file_exists_and_is_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = _write_log(tmp_path)
+    before = log.read_bytes()
+    message = _run_error(["--task", "geoqa", str(log), "--out", str(log)], capsys)
+    assert str(log) in message and "already exists" in message
+    assert log.read_bytes() == before

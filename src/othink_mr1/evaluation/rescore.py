@@ -150,7 +150,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--task", required=True, help=f"task or scorer name ({tasks})")
     parser.add_argument("file", type=Path, help="JSONL records or a JSON object with a 'results' list")
-    parser.add_argument("--out", type=Path, default=None, help="write per-item results as JSONL here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write per-item results as JSONL to this new file (an existing file is refused)")
     return parser
 
 
@@ -159,6 +160,9 @@ def _rescore(task: str, path: Path, out: Path | None) -> None:
         scorer = get_scorer(task)
     except ValueError as exc:
         raise RescoreError(str(exc)) from None
+    if out is not None and out.exists():
+        # Never overwrite what the user has (it may be the input itself, or an earlier audit).
+        raise RescoreError(f"{out}: already exists; choose another --out path")
 
     loaded = _read(path)
     _validate(path, loaded)
