@@ -15,7 +15,6 @@ def quiet_third_party() -> None:
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards"
     # Device banners and tips; warnings from Lightning still come through.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     # Expected here: validation runs only when the runner asks for it, data loads in the main
     # process on purpose (tiny batches), and a deprecation inside Lightning's own pytree helper.
     for pattern in (
