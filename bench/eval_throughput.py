@@ -17,9 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from _config import ROOT, compose  # noqa: E402  (bench/ is the script's directory)
 
 
 def main() -> None:
@@ -32,24 +30,18 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from omegaconf import OmegaConf
-
-    from othink_mr1.config import ModelConfig, TinyArchConfig, TinyBaseBuildConfig
     from othink_mr1.data.collate import PromptCollator
     from othink_mr1.data.tasks import TaskSplit, load_split
     from othink_mr1.evaluation.harness import generate
     from othink_mr1.evaluation.metrics import score_item, summarize
     from othink_mr1.models.factory import load_model
-    from othink_mr1.models.tiny_base import synthetic_task
     from othink_mr1.rewards.scorers import get_scorer
     from othink_mr1.utils.quiet import quiet_third_party
 
     quiet_third_party()
     torch.set_num_threads(args.threads)
-    # model/tiny_base.yaml's values (the dataclass defaults mirror them).
-    model_cfg = OmegaConf.structured(ModelConfig(name="tiny_base", source="tiny_base", max_pixels=12544,
-                                                 max_new_tokens_cap=64, tiny=TinyArchConfig(),
-                                                 base_build=TinyBaseBuildConfig()))
+    cfg = compose("model=tiny_base")
+    model_cfg = cfg.model
     model, processor = load_model(model_cfg, args.cache)
     model.eval()
 
@@ -70,7 +62,7 @@ def main() -> None:
               "torch": torch.__version__, "tasks": {}}
     totals = {"one_at_a_time": [0, 0.0], "batched": [0, 0.0]}
     for name in ("counting", "geometry"):
-        task = synthetic_task(name)
+        task = cfg.tasks[name]
         split = TaskSplit(task, "test", load_split(task, "test", args.cache))
         examples = [split[i] for i in range(min(args.items, len(split)))]
         run(examples[:2], task, 2)  # warm-up

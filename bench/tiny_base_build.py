@@ -15,22 +15,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from _config import ROOT, compose  # noqa: E402  (bench/ is the script's directory)
 
 
 def main() -> None:
-    from omegaconf import OmegaConf
-
-    from othink_mr1.config import ModelConfig, TinyArchConfig, TinyBaseBuildConfig
     from othink_mr1.models.factory import tiny_base_folder
     from othink_mr1.utils.quiet import quiet_third_party
 
     quiet_third_party()
-    model_cfg = OmegaConf.structured(ModelConfig(name="tiny_base", source="tiny_base", max_pixels=12544,
-                                                 max_new_tokens_cap=64, tiny=TinyArchConfig(),
-                                                 base_build=TinyBaseBuildConfig()))
+    model_cfg = compose("model=tiny_base").model
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
         folder = tiny_base_folder(model_cfg, cache)

@@ -111,3 +111,14 @@ def test_tiny_base_lands_in_its_accuracy_window_on_both_synthetic_tasks():
         assert accuracy == pytest.approx(report["accuracy"][task])
         # It stands in for an instruct model: mostly in the R1 <think>/<answer> format.
         assert summaries[task]["format_rate"] > 0.8
+
+
+def test_tiny_base_acceptance_tasks_are_the_configured_synthetic_tasks():
+    """The build checks its window on the same splits and prompts `task=counting|geometry` use."""
+    from othink_mr1.models.tiny_base import ACCEPTANCE_TASKS, synthetic_task
+
+    cfg = compose_config([], shrink=False)
+    for name in ACCEPTANCE_TASKS:
+        built, configured = synthetic_task(name), cfg.tasks[name]
+        for key in ("source", "scorer", "prompt", "synthetic", "max_new_tokens"):
+            assert built[key] == configured[key], (name, key)
