@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from .records import Example
 
 IGNORE_INDEX = -100
@@ -82,11 +80,3 @@ class SFTCollator:
                 labels[row, :reply_start] = IGNORE_INDEX
         batch["labels"] = labels
         return batch
-
-
-def batch_samples(batch: dict[str, Any]) -> int:
-    return int(batch["input_ids"].shape[0])
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

@@ -62,10 +62,6 @@ class EvalAccumulator:
             # Keyed by item index: distributed samplers repeat items to even out shards.
             bucket[index] = score_item(scorer, text, answer, question=question, completion_tokens=n)
 
-    def merge(self, other: dict[str, dict[int, ItemResult]]) -> None:
-        for task, bucket in other.items():
-            self.items.setdefault(task, {}).update(bucket)
-
     def ordered(self, task: str) -> list[ItemResult]:
         bucket = self.items.get(task, {})
         return [bucket[i] for i in sorted(bucket)]
