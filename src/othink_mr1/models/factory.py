@@ -13,6 +13,8 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
+from ..data.synthetic import GENERATOR_VERSION
+
 log = logging.getLogger(__name__)
 
 # Bump when the tiny model or its tokenizer changes, so caches are rebuilt rather than reused.
@@ -74,7 +76,9 @@ def tiny_base_folder(model_cfg: Any, cache_dir: str | Path) -> Path:
     if model_cfg.base_build is None:
         raise ModelError(f"model '{model_cfg.name}': model.base_build is required for source 'tiny_base'")
     source = tiny_folder(model_cfg, cache_dir)
-    folder = Path(cache_dir) / "models" / f"tiny_base-{config_digest(model_cfg.tiny, model_cfg.base_build, TINY_VERSION)}"
+    # The build pretrains on, and checks its window against, the synthetic generators' output.
+    key = config_digest(model_cfg.tiny, model_cfg.base_build, TINY_VERSION, GENERATOR_VERSION)
+    folder = Path(cache_dir) / "models" / f"tiny_base-{key}"
     return cached_build(folder, lambda tmp: build_tiny_base(model_cfg, source, tmp, cache_dir))
 
 

@@ -16,7 +16,7 @@ from . import counting, geometry
 log = logging.getLogger(__name__)
 
 # Bump when a generator's output changes, so cached datasets are rebuilt rather than reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 GENERATORS: dict[str, Callable[..., dict]] = {
     "synthetic_counting": counting.make_item,
