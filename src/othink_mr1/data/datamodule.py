@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from .collate import PromptCollator, SFTCollator
 from .records import DataError
+from .sampling import ResumableLoader
 from .tasks import TaskSplit, load_split
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,13 @@ class VLMDataModule(pl.LightningDataModule):
 
     def __init__(self, task: Any, eval_tasks: dict[str, Any], cache_dir: str, train_batch_size: int = 8,
                  eval_batch_size: int = 16, sft_target: str = "auto", loss_on: str = "assistant",
-                 num_workers: int = 0, with_train: bool = True):
+                 num_workers: int = 0, with_train: bool = True, method: str = "sft", seed: int = 0):
         super().__init__()
+        # sft batches are prompt + target with labels; grpo batches are prompts (completions are sampled).
+        self.method = method
+        self.seed = seed
+        # Micro-batches of the whole run (set from the budget before training starts).
+        self.train_num_batches: int | None = None
         self.task = task
         self.eval_tasks = eval_tasks
         self.cache_dir = cache_dir
@@ -59,12 +65,19 @@ class VLMDataModule(pl.LightningDataModule):
             raise RuntimeError("VLMDataModule.processor must be set before building dataloaders")
         return self.processor
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
+        """The run's micro-batches in a fixed, seeded order, resumable mid-epoch."""
         if self.train_split is None:
             raise DataError("no train split: this data module was built for evaluation only")
-        collate = SFTCollator(self._require_processor(), self.task.prompt, self.loss_on)
-        return DataLoader(self.train_split, batch_size=self.train_batch_size, shuffle=True, drop_last=False,
-                          collate_fn=collate, num_workers=self.num_workers)
+        if self.train_num_batches is None:
+            raise RuntimeError("VLMDataModule.train_num_batches must be set from the run's budget")
+        processor = self._require_processor()
+        if self.method == "sft":
+            collate = SFTCollator(processor, self.task.prompt, self.loss_on)
+        else:
+            collate = PromptCollator(processor, self.task.prompt)
+        return ResumableLoader(self.train_split, batch_size=self.train_batch_size, num_batches=self.train_num_batches,
+                               seed=self.seed, collate_fn=collate, num_workers=self.num_workers)
 
     def eval_dataloader(self, name: str) -> DataLoader:
         task = self.eval_tasks[name]

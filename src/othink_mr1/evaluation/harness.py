@@ -28,6 +28,16 @@ class EvalSpec:
     max_new_tokens: dict[str, int]  # task name -> generation budget
 
 
+# Placeholders the processor expands into visual features: a completion containing one would no longer
+# line up with the image features in a later forward pass (and means nothing as text).
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def suppressed_token_ids(tokenizer: Any) -> list[int]:
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
+    return [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
+
+
 def effective_max_new_tokens(task_max: int, model_cap: int | None) -> int:
     return min(task_max, model_cap) if model_cap else task_max
 
@@ -38,7 +48,8 @@ def generate(model: Any, tokenizer: Any, batch: dict[str, Any], max_new_tokens: 
     (up to and including the end-of-turn token; the full budget when it never stopped)."""
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         suppress_tokens=suppressed_token_ids(tokenizer))
     completion_ids = out[:, inputs["input_ids"].shape[1]:]
     is_eos = completion_ids == tokenizer.eos_token_id
     stopped = is_eos.any(dim=1)

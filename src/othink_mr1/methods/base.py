@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
+from ..data.sampling import StreamPosition
 from ..evaluation.harness import EvalAccumulator, EvalSpec, gather_items, generate, write_stage
+from .schedules import build_scheduler
 
 # Metric names under eval/<task>/...
 EVAL_METRICS = {
@@ -90,3 +93,49 @@ class VLMModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.model.train()
+
+
+class TrainableModule(VLMModule):
+    """What SFT and GRPO share: AdamW with the lr schedule, sample counting, grad-norm logging, and a
+    checkpoint that resumes exactly (samples seen, data position, RNG state)."""
+
+    def __init__(self, model: torch.nn.Module, processor: Any, method: Any, total_steps: int,
+                 data_position: StreamPosition | None = None, **eval_kwargs: Any):
+        super().__init__(model, processor, **eval_kwargs)
+        self.method = method
+        self.total_steps = total_steps
+        self.samples_seen = 0
+        # Shared with the training loader: micro-batches consumed, saved with the loader's state.
+        self.data_position = data_position
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Before the batch's hooks and checkpoint: a checkpoint after this batch counts it as consumed.
+        if self.data_position is not None:
+            self.data_position.consumed += 1
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        m = self.method
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=m.lr, weight_decay=m.weight_decay,
+                                      betas=tuple(m.adam_betas))
+        scheduler = build_scheduler(optimizer, self.total_steps, m.warmup_ratio, m.lr_schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def grad_norm(self) -> torch.Tensor | None:
+        """Total L2 norm of the trainable parameters' gradients (before clipping)."""
+        norms = [p.grad.detach().norm(2) for p in self.trainable_parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["samples_seen"] = self.samples_seen
+        # Sampling and shuffling continue from the same random state after a resume.
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.samples_seen = int(checkpoint.get("samples_seen", 0))
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])

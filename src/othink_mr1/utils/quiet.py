@@ -15,11 +15,14 @@ def quiet_third_party() -> None:
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards"
     # Device banners and tips; warnings from Lightning still come through.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("pytorch_lightning.trainer.connectors.checkpoint_connector").setLevel(logging.WARNING)
     # Expected here: validation runs only when the runner asks for it, data loads in the main
     # process on purpose (tiny batches), and a deprecation inside Lightning's own pytree helper.
     for pattern in (
         ".*defined a `validation_step` but have no `val_dataloader`.*",
         ".*does not have many workers.*",
         ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+        # GRPO checkpoints after its optimizer step on purpose (the state a resume continues from).
+        ".*ModelCheckpoint with manual optimization and every_n_train_steps.*",
     ):
         warnings.filterwarnings("ignore", pattern)

@@ -23,8 +23,8 @@ PACKAGES = ("torch", "transformers", "pytorch-lightning", "hydra-core", "omegaco
             "wandb", "math-verify", "pillow", "numpy", "othink-mr1")
 
 
-def claim_run_dir(run_dir: Path) -> Path | None:
-    """Make `run_dir` ready for a new attempt.
+def claim_run_dir(run_dir: Path, keep: bool = False) -> Path | None:
+    """Make `run_dir` ready for a new attempt (or, with keep=True, for resuming the last one).
 
     A finished run raises RunExistsError before anything is touched. Files left by an unfinished
     attempt are moved into attempts/<timestamp>/ (returned), so nothing the user has is lost.
@@ -39,7 +39,7 @@ def claim_run_dir(run_dir: Path) -> Path | None:
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     leftovers = [p for p in run_dir.iterdir() if p.name not in PRESERVED_IN_PLACE and p.name != "attempts"]
-    if not leftovers:
+    if keep or not leftovers:
         return None
     target = run_dir / "attempts" / time.strftime("%Y%m%d-%H%M%S")
     suffix = 0
@@ -89,6 +89,41 @@ def write_run_record(run_dir: Path, cfg: Any, root: Path, overrides: list[str] |
         "host": platform.node(),
     }
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+# Settings a resumed attempt may change: where files go, how it reports, how many CPU threads it uses.
+RESUMABLE_CHANGES = ("paths.", "logger.", "resume", "trainer.enable_progress_bar", "trainer.num_threads")
+
+
+def config_differences(run_dir: Path, cfg: Any) -> list[str]:
+    """Keys whose value differs from the run's saved config.yaml, except RESUMABLE_CHANGES."""
+    import yaml
+
+    saved = _flatten(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
+    current = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    keys = sorted(k for k in set(saved) | set(current)
+                  if not k.startswith(RESUMABLE_CHANGES) and saved.get(k) != current.get(k))
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys]
+
+
+def record_resume(run_dir: Path, checkpoint: Path, root: Path, overrides: list[str] | None) -> int:
+    """Append this resume to resumes.jsonl (config.yaml and meta.json stay as the run began);
+    returns how many times the run has now been resumed."""
+    log_file = Path(run_dir) / "resumes.jsonl"
+    entry = {"resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "checkpoint": str(checkpoint), "argv": sys.argv,
+             "overrides": overrides or [], "git": git_state(root)}
+    with log_file.open("a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+    return sum(1 for _ in log_file.open())
 
 
 def write_json(path: Path, payload: Any) -> None:
