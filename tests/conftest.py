@@ -31,7 +31,7 @@ from othink_mr1.config import register_configs  # noqa: E402
 
 register_configs()
 
-# Small and fast: a few dozen items per split, short generations, 2 steps of SFT.
+# Small and fast: a few dozen items per split, short generations, 2 optimizer steps.
 SHRINK = [
     "task.synthetic.num_train=32",
     "task.synthetic.num_test=8",
@@ -45,13 +45,17 @@ SHRINK = [
     "trainer.enable_progress_bar=false",
     "save_model=false",
 ]
+# GRPO (the default method): 4 prompts per step in one micro-batch, G = 4.
+SHRINK_GRPO = ["method.prompts_per_step=4", "method.accumulate_grad_batches=1", "method.num_generations=4"]
 
 
 def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None, shrink: bool = True) -> DictConfig:
     """The real primary config with `overrides`, its run_dir under `output_dir`."""
     GlobalHydra.instance().clear()
+    overrides = list(overrides or [])
+    shrink_list = SHRINK + ([] if "method=sft" in overrides else SHRINK_GRPO) if shrink else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=(SHRINK if shrink else []) + list(overrides or []), return_hydra_config=True)
+        cfg = compose("config", overrides=shrink_list + overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.cache_dir = str(CACHE)

@@ -18,7 +18,7 @@ from othink_mr1.data.records import DataError
 from othink_mr1.runner import run
 from othink_mr1.utils.errors import ConfigError, RunExistsError
 
-TINY = ["model=tiny"]
+TINY = ["model=tiny", "method=sft"]  # these tests look at the SFT path; test_grpo.py covers GRPO
 
 
 @pytest.fixture(scope="module")

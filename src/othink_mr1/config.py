@@ -143,14 +143,93 @@ class SFTConfig(MethodConfig):
     loss_on: str = "assistant"  # assistant | all
 
 
-# ------------------------------------------------------------------------------- the other groups
+@dataclass
+class GRPOConfig(MethodConfig):
+    """GRPO (DeepSeekMath) as R1-V runs it, with a scheduled KL coefficient (`kl=`).
+
+    Batch geometry: `prompts_per_step` = batch_size (prompts per micro-batch per device) x
+    accumulate_grad_batches x devices; each prompt is expanded to `num_generations` completions inside
+    the step, so a group never crosses micro-batches or devices.
+    """
+
+    prompts_per_step: int = 16
+    num_generations: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # 0 samples from the whole distribution (what the loss's log-probs assume); R1-V inherited
+    # transformers' default top_k = 50.
+    top_k: int = 0
+    max_completion_length: int = 512
+    # Reward name -> weight; total = sum(weight * reward). format weight = the paper's alpha.
+    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 1.0})
+    # (r - mean) / (std + 1e-4) within each group; False keeps r - mean (Dr. GRPO).
+    scale_rewards: bool = True
+    # mu: updates per rollout batch. 1 (R1-V) makes the ratio identically 1 and the clip inert.
+    num_iterations: int = 1
+    epsilon: float = 0.2
+    # Upper clip bound (DAPO's clip-higher); None = epsilon.
+    epsilon_high: Optional[float] = None
+    # grpo: token mean per completion, then mean (the paper's); dapo: token mean over the batch;
+    # dr_grpo: token sum over a fixed max_completion_length.
+    loss_aggregation: str = "grpo"
+
+
+# ---------------------------------------------------------------------------------------- kl
 
 
 @dataclass
 class KLConfig:
-    """KL-coefficient schedule; filled by the GRPO issue. `none` means no KL term (SFT)."""
+    """KL-coefficient schedule for GRPO (`kl=`); `none` = no KL term and no reference model."""
 
     name: str = "none"
+
+
+@dataclass
+class ConstantKLConfig(KLConfig):
+    beta: float = 0.04
+
+
+@dataclass
+class GRPODKLConfig(KLConfig):
+    """OThink-MR1's dynamic KL: beta_mid -> beta_min over warmup_ratio of the steps, then -> beta_max."""
+
+    beta_min: float = 0.04
+    beta_max: float = 0.10
+    warmup_ratio: float = 0.3
+
+
+@dataclass
+class LinearKLConfig(KLConfig):
+    beta_start: float = 0.0
+    beta_end: float = 0.04
+
+
+@dataclass
+class CosineKLConfig(KLConfig):
+    beta_start: float = 0.04
+    beta_end: float = 0.0
+
+
+@dataclass
+class StepKLConfig(KLConfig):
+    # beta = values[i] from milestones[i-1] (a fraction of the run) on; values has one more entry.
+    milestones: list[float] = field(default_factory=lambda: [0.5])
+    values: list[float] = field(default_factory=lambda: [0.01, 0.04])
+
+
+@dataclass
+class AdaptiveKLConfig(KLConfig):
+    """A proportional controller on the loss-term coefficient towards a target per-token KL."""
+
+    beta: float = 0.04
+    target: float = 0.01
+    # Optimizer steps over which a 20% KL error moves beta by about 20%.
+    horizon: int = 10
+    beta_min: float = 0.0
+    beta_max: float = 1.0
+
+
+# ------------------------------------------------------------------------------- the other groups
 
 
 @dataclass
@@ -165,6 +244,8 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     # Torch CPU threads (None: leave torch's default).
     num_threads: Optional[int] = None
+    # Save checkpoints/last.ckpt every N optimizer steps (and at the end), for resume.
+    checkpoint_every_n_steps: Optional[int] = 50
 
 
 @dataclass
@@ -219,6 +300,8 @@ class Config:
     ckpt: Optional[str] = None
     # Export the trained model with save_pretrained into <run_dir>/model (reusable as model.path).
     save_model: bool = True
+    # Continue an unfinished run: true = its checkpoints/last.ckpt, or a checkpoint path.
+    resume: Any = False
 
 
 def register_configs() -> None:
@@ -226,9 +309,11 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema_config", node=Config)
     # In a group of their own, not in the groups they type, so `task=<typo>` lists only real options.
-    for name, node in (("task", TaskConfig), ("model", ModelConfig), ("sft", SFTConfig), ("kl", KLConfig),
-                       ("trainer", TrainerConfig), ("logger", LoggerConfig), ("paths", PathsConfig),
-                       ("eval", EvalConfig)):
+    for name, node in (("task", TaskConfig), ("model", ModelConfig), ("sft", SFTConfig), ("grpo", GRPOConfig),
+                       ("kl_none", KLConfig), ("kl_constant", ConstantKLConfig), ("kl_grpo_d", GRPODKLConfig),
+                       ("kl_linear", LinearKLConfig), ("kl_cosine", CosineKLConfig), ("kl_step", StepKLConfig),
+                       ("kl_adaptive", AdaptiveKLConfig), ("trainer", TrainerConfig), ("logger", LoggerConfig),
+                       ("paths", PathsConfig), ("eval", EvalConfig)):
         cs.store(group="schema", name=name, node=node)
     _register_resolvers()
 
@@ -237,6 +322,14 @@ def _suffix(value: Any) -> str:
     """`${suffix:${tag}}` -> "" for an empty tag, "_<tag>" otherwise."""
     text = "" if value is None else str(value)
     return f"_{text}" if text else ""
+
+
+def method_tag(method: str, kl: str) -> str:
+    """The method as run names and tables show it: sft, grpo_d (GRPO with the dynamic KL), grpo
+    (constant beta, the paper's baseline), or grpo_kl-<schedule> for the other schedules."""
+    if method != "grpo":
+        return method
+    return {"grpo_d": "grpo_d", "constant": "grpo"}.get(kl, f"grpo_kl-{kl}")
 
 
 def _ckpt_tag(value: Any) -> str:
@@ -253,6 +346,6 @@ def _ckpt_tag(value: Any) -> str:
 
 
 def _register_resolvers() -> None:
-    for name, fn in (("suffix", _suffix), ("ckpt_tag", _ckpt_tag)):
+    for name, fn in (("suffix", _suffix), ("ckpt_tag", _ckpt_tag), ("method_tag", method_tag)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -1,5 +1,6 @@
 """The main job: check the config, claim the run directory, load data, build the model, score the
-starting model (row zero), train, score again, and write results.json and a before/after table.
+starting model (row zero), train (SFT or GRPO), score again, and write results.json and a
+before/after table. `resume=` continues an unfinished run from its checkpoint.
 
 Every check that can fail on user input runs before any model is built or trained.
 """
@@ -7,8 +8,9 @@ Every check that can fail on user input runs before any model is built or traine
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,152 +20,61 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from .budget import Budget, budget_line, train_budget
+from .checks import check_config
+from .config import method_tag
 from .data.datamodule import VLMDataModule
-from .data.synthetic.counting import CELL, MAX_OBJECTS
-from .data.tasks import SOURCES
 from .evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
-from .methods.schedules import LR_SCHEDULES
-from .rewards.scorers import SCORERS
 from .utils.errors import ConfigError
 from .utils.quiet import quiet_third_party
-from .utils.run_dir import FINISHED_MARKER, claim_run_dir, write_json, write_run_record
+from .utils.run_dir import (
+    FINISHED_MARKER,
+    claim_run_dir,
+    config_differences,
+    record_resume,
+    write_json,
+    write_run_record,
+)
 
 log = logging.getLogger(__name__)
 
-METHODS = ("sft",)
-MODEL_SOURCES = ("tiny", "tiny_base", "pretrained")
-
-
-# ------------------------------------------------------------------------------------ checks
-
-
-def eval_task_configs(cfg: DictConfig) -> dict[str, Any]:
-    """Config of every task in eval.tasks; the trained task's own node wins, so `task.*` overrides
-    apply to its evaluation too. The trained task is always scored."""
-    names = list(cfg.eval.tasks)
-    if cfg.mode == "train" and cfg.task.name not in names:
-        names.insert(0, cfg.task.name)
-    known = sorted(set(cfg.tasks) | {cfg.task.name})
-    out = {}
-    for name in names:
-        if name == cfg.task.name:
-            out[name] = cfg.task
-        elif name in cfg.tasks:
-            out[name] = cfg.tasks[name]
-        else:
-            raise ConfigError(f"eval.tasks: unknown task '{name}'; known tasks: {known}")
-    return out
-
-
-def check_task(task: Any, key: str) -> None:
-    if task.source not in SOURCES:
-        raise ConfigError(f"{key}.source='{task.source}': expected one of {list(SOURCES)}")
-    if task.scorer not in SCORERS:
-        raise ConfigError(f"{key}.scorer='{task.scorer}': expected one of {sorted(SCORERS)}")
-    for field in ("prompt", "eval_prompt"):
-        template = task.get(field)
-        if template is not None and "{question}" not in template:
-            raise ConfigError(f"{key}.{field} must contain '{{question}}' (where the question goes): {template!r}")
-    if task.max_new_tokens < 1:
-        raise ConfigError(f"{key}.max_new_tokens={task.max_new_tokens}: must be at least 1")
-    if task.source == "synthetic_counting" and task.synthetic is not None:
-        # One object per 28px cell (a merged visual token): 10 objects need a 4x4 grid.
-        if (task.synthetic.image_size // CELL) ** 2 < MAX_OBJECTS:
-            raise ConfigError(f"{key}.synthetic.image_size={task.synthetic.image_size}: counting scenes of up to "
-                              f"{MAX_OBJECTS} objects need at least {4 * CELL}px")
-
-
-def check_config(cfg: DictConfig) -> dict[str, Any]:
-    """Semantic checks the schema cannot express; returns the eval task configs."""
-    if cfg.mode not in ("train", "eval"):
-        raise ConfigError(f"mode='{cfg.mode}': expected train or eval")
-    if cfg.model.source not in MODEL_SOURCES:
-        raise ConfigError(f"model.source='{cfg.model.source}': expected one of {list(MODEL_SOURCES)}")
-    eval_tasks = eval_task_configs(cfg)
-    if not eval_tasks:
-        raise ConfigError("eval.tasks is empty: name at least one task to score")
-    for name, task in eval_tasks.items():
-        check_task(task, "task" if name == cfg.task.name else f"tasks.{name}")
-    if cfg.eval.batch_size < 1:
-        raise ConfigError(f"eval.batch_size={cfg.eval.batch_size}: must be at least 1")
-    if cfg.mode == "train":
-        check_task(cfg.task, "task")
-        m = cfg.method
-        if m.name not in METHODS:
-            raise ConfigError(f"method.name='{m.name}': expected one of {list(METHODS)}")
-        if m.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"method.lr_schedule='{m.lr_schedule}': expected one of {list(LR_SCHEDULES)}")
-        for key in ("batch_size", "accumulate_grad_batches", "epochs"):
-            if m[key] < 1:
-                raise ConfigError(f"method.{key}={m[key]}: must be at least 1")
-        if m.max_steps is not None and m.max_steps < 1:
-            raise ConfigError(f"method.max_steps={m.max_steps}: must be at least 1 (or null to train by epochs)")
-        if not 0.0 <= m.warmup_ratio < 1.0:
-            raise ConfigError(f"method.warmup_ratio={m.warmup_ratio}: must be in [0, 1)")
-        if m.name == "sft":
-            if m.target not in ("auto", "solution", "thinking_solution"):
-                raise ConfigError(f"method.target='{m.target}': expected auto, solution or thinking_solution")
-            if m.loss_on not in ("assistant", "all"):
-                raise ConfigError(f"method.loss_on='{m.loss_on}': expected assistant or all")
-        if cfg.ckpt:
-            raise ConfigError("ckpt= is for mode=eval; to train from saved weights use "
-                              "model.source=pretrained model.path=<folder>")
-    if cfg.ckpt and not Path(cfg.ckpt).exists():
-        raise ConfigError(f"ckpt='{cfg.ckpt}': no such file or folder")
-    return eval_tasks
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 # ----------------------------------------------------------------------------------- pieces
 
 
-def world_size(trainer_cfg: Any) -> int:
-    """Processes a Trainer with this config will run (for the budget line printed at start-up)."""
-    devices = trainer_cfg.devices
-    if isinstance(devices, int):
-        n = devices if devices > 0 else max(1, torch.cuda.device_count())
-    elif isinstance(devices, str):
-        n = len([d for d in devices.split(",") if d.strip()]) if "," in devices else (
-            int(devices) if devices.isdigit() else max(1, torch.cuda.device_count()))
-    else:
-        n = len(devices)
-    return n * trainer_cfg.num_nodes
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from: resume=true -> the run's last.ckpt, resume=<path> -> that file."""
+    if cfg.resume in (False, None, "", "false"):
+        return None
+    path = run_dir / CHECKPOINT if cfg.resume in (True, "true") else Path(str(cfg.resume))
+    if not path.is_file():
+        raise ConfigError(f"resume={cfg.resume}: no checkpoint at {path}")
+    return path
 
 
-def train_budget(cfg: DictConfig, num_train: int) -> dict[str, int]:
-    """Optimizer steps and samples: prompts x accumulation x devices x nodes per step."""
-    m = cfg.method
-    procs = world_size(cfg.trainer)
-    per_step = m.batch_size * m.accumulate_grad_batches * procs
-    batches_per_epoch = math.ceil(num_train / (m.batch_size * procs))
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / m.accumulate_grad_batches))
-    total = m.max_steps if m.max_steps is not None else steps_per_epoch * m.epochs
-    return {"processes": procs, "samples_per_step": per_step, "steps_per_epoch": steps_per_epoch,
-            "total_steps": total, "warmup_steps": int(round(m.warmup_ratio * total))}
-
-
-def budget_line(cfg: DictConfig, num_train: int, budget: dict[str, int]) -> str:
-    m = cfg.method
-    return (f"[budget] {m.name}: {m.batch_size} samples/device x {m.accumulate_grad_batches} accumulation x "
-            f"{budget['processes']} process(es) = {budget['samples_per_step']} samples per optimizer step; "
-            f"{num_train} train samples -> {budget['steps_per_epoch']} steps/epoch; "
-            f"{budget['total_steps']} optimizer steps ({budget['warmup_steps']} warmup), lr {m.lr:g} {m.lr_schedule}")
-
-
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
+def build_loggers(cfg: DictConfig, run_dir: Path, resumes: int) -> list[Any]:
     from pytorch_lightning.loggers import CSVLogger
 
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    # Lightning's CSV writer deletes an existing metrics.csv: a resumed attempt writes beside it.
+    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="csv", version=f"resume_{resumes}" if resumes else "")]
     if cfg.logger.wandb:
         from pytorch_lightning.loggers import WandbLogger
 
+        id_file = run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if resumes and id_file.exists() else None
         wandb_logger = WandbLogger(
             name=cfg.run_name, project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
             save_dir=str(run_dir), mode=cfg.logger.mode, tags=list(cfg.logger.tags) or None,
+            id=run_id, resume="allow" if run_id else None,
         )
+        if rank_zero_only.rank == 0:
+            id_file.write_text(str(wandb_logger.version))
         loggers.append(wandb_logger)
     # Top-level task/method/model/seed let the wandb UI group and filter runs.
-    params = {"task": cfg.task.name, "method": cfg.method.name, "model": cfg.model.name, "seed": cfg.seed,
-              "mode": cfg.mode, "run_name": cfg.run_name,
+    params = {"task": cfg.task.name, "method": method_tag(cfg.method.name, cfg.kl.name), "model": cfg.model.name,
+              "seed": cfg.seed, "mode": cfg.mode, "run_name": cfg.run_name,
               "config": OmegaConf.to_container(cfg, resolve=True)}
     for lg in loggers:
         lg.log_hyperparams(params)
@@ -185,7 +96,7 @@ def wandb_closed() -> Iterator[None]:
             wandb.finish(exit_code=1 if failed else 0)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: dict[str, int] | None) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Budget | None) -> pl.Trainer:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     t = cfg.trainer
@@ -195,22 +106,22 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: di
         enable_progress_bar=t.enable_progress_bar, logger=loggers, default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
     )
-    if cfg.mode == "train":
-        m = cfg.method
-        every = cfg.eval.every_n_steps
-        total_steps = budget["total_steps"]
-        # Both limits agree, so the progress bar shows "Epoch i/N" (max_steps is the one that binds).
-        max_epochs = math.ceil(total_steps / budget["steps_per_epoch"])
-        kwargs.update(
-            max_steps=total_steps, max_epochs=max_epochs, accumulate_grad_batches=m.accumulate_grad_batches,
-            gradient_clip_val=m.max_grad_norm,
-            callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0)],
-            # In-training validation counts micro-batches; None disables it (before/after only).
-            val_check_interval=every * m.accumulate_grad_batches if every else None,
-            check_val_every_n_epoch=None if every else 1,
-        )
-    else:
-        kwargs.update(enable_checkpointing=False)
+    if cfg.mode != "train":
+        return pl.Trainer(enable_checkpointing=False, **kwargs)
+    m = cfg.method
+    every = cfg.eval.every_n_steps
+    micro_per_step = m.accumulate_grad_batches / (m.num_iterations if m.name == "grpo" else 1)
+    # The loader spans the whole run (one "epoch"); max_steps is the limit that binds.
+    kwargs.update(
+        max_steps=budget.total_steps, max_epochs=1,
+        callbacks=[ModelCheckpoint(dirpath=str(run_dir / CHECKPOINT.parent), save_last=True, save_top_k=0,
+                                   every_n_train_steps=t.checkpoint_every_n_steps or None)],
+        # In-training validation counts micro-batches; None disables it (before/after only).
+        val_check_interval=max(1, round(every * micro_per_step)) if every else None,
+        check_val_every_n_epoch=None if every else 1,
+    )
+    if m.name == "sft":  # GRPO optimises by hand (manual optimization): it accumulates and clips itself
+        kwargs.update(accumulate_grad_batches=m.accumulate_grad_batches, gradient_clip_val=m.max_grad_norm)
     return pl.Trainer(**kwargs)
 
 
@@ -231,10 +142,40 @@ def load_weights(cfg: DictConfig) -> tuple[Any, Any]:
     return model, processor
 
 
+def build_module(cfg: DictConfig, model: Any, processor: Any, budget: Budget | None, data_position: Any,
+                 eval_kwargs: dict[str, Any]) -> Any:
+    if cfg.mode != "train":
+        from .methods.base import VLMModule
+
+        return VLMModule(model, processor, **eval_kwargs)
+    common = dict(method=cfg.method, total_steps=budget.total_steps, data_position=data_position, **eval_kwargs)
+    if cfg.method.name == "sft":
+        from .methods.sft import SFTModule
+
+        return SFTModule(model, processor, **common)
+    from .methods.grpo import GRPOModule
+    from .methods.kl_schedules import build_kl_schedule
+
+    kl = build_kl_schedule(cfg.kl)
+    # The reference is the starting policy, frozen; never loaded when beta can never be positive.
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if kl.can_be_positive else None
+    max_new = effective_max_new_tokens(cfg.method.max_completion_length, cfg.model.max_new_tokens_cap)
+    return GRPOModule(model, processor, kl=kl, reference=reference, scorer=cfg.task.scorer,
+                      max_new_tokens=max_new, **common)
+
+
 def evaluate(trainer: pl.Trainer, module: Any, dm: VLMDataModule, stage: str) -> dict[str, dict]:
     module.eval_stage = stage
     trainer.validate(module, dataloaders=dm.val_dataloader(), verbose=False)
     return module.last_eval
+
+
+def row_zero(trainer: pl.Trainer, module: Any, dm: VLMDataModule, run_dir: Path) -> dict[str, dict]:
+    """The starting model's scores; a resumed run reuses the ones its first attempt measured."""
+    saved = run_dir / "eval" / "row_zero" / "results.json"
+    if saved.exists():
+        return json.loads(saved.read_text())["results"]
+    return evaluate(trainer, module, dm, "row_zero")
 
 
 # ------------------------------------------------------------------------------------- main
@@ -245,35 +186,46 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     started = time.time()
     quiet_third_party()
     eval_tasks = check_config(cfg)
+    train = cfg.mode == "train"
     run_dir = Path(cfg.paths.run_dir)
+    resume_from = resume_checkpoint(cfg, run_dir)
+    resumes = 0
     # Launched processes of a multi-device run (ranks > 0) leave the directory to rank 0.
     if rank_zero_only.rank == 0:
-        moved = claim_run_dir(run_dir)
+        moved = claim_run_dir(run_dir, keep=resume_from is not None)
         if moved is not None:
             print(f"[run] earlier unfinished attempt kept in {moved}")
-        write_run_record(run_dir, cfg, Path(cfg.paths.root_dir), overrides)
+        if resume_from is None:
+            write_run_record(run_dir, cfg, Path(cfg.paths.root_dir), overrides)
+        else:
+            differences = config_differences(run_dir, cfg)
+            if differences:
+                raise ConfigError(f"resume: the config differs from the one this run started with "
+                                  f"({run_dir / 'config.yaml'}): {differences}")
+            resumes = record_resume(run_dir, resume_from, Path(cfg.paths.root_dir), overrides)
+            print(f"[run] resuming from {resume_from}", flush=True)
         print(f"[run] {cfg.run_name} -> {run_dir}", flush=True)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     # Data first: a bad file or field fails here, in seconds, before any model is built.
-    train = cfg.mode == "train"
     dm = VLMDataModule(
         cfg.task, eval_tasks, cache_dir=cfg.paths.cache_dir,
         train_batch_size=cfg.method.batch_size, eval_batch_size=cfg.eval.batch_size,
         sft_target=cfg.method.get("target", "auto"), loss_on=cfg.method.get("loss_on", "assistant"),
-        with_train=train,
+        with_train=train, method=cfg.method.name, seed=cfg.seed,
     )
     dm.setup("fit" if train else "validate")
     budget = None
     if train:
-        budget = train_budget(cfg, len(dm.train_split))
-        print(budget_line(cfg, len(dm.train_split), budget), flush=True)
+        budget = train_budget(cfg.method, cfg.trainer, len(dm.train_split))
+        dm.train_num_batches = budget.micro_batches
+        print(budget_line(cfg.method, cfg.kl.name, len(dm.train_split), budget), flush=True)
 
     model, processor = load_weights(cfg)
     dm.processor = processor
-
+    train_loader = dm.train_dataloader() if train else None
     spec = EvalSpec(
         scorers={n: t.scorer for n, t in eval_tasks.items()},
         max_new_tokens={n: effective_max_new_tokens(t.max_new_tokens, cfg.model.max_new_tokens_cap)
@@ -281,25 +233,19 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     )
     eval_kwargs = dict(eval_spec=spec, eval_names=dm.eval_names, eval_dir=run_dir / "eval",
                        write_completions=cfg.eval.write_completions)
+    module = build_module(cfg, model, processor, budget, train_loader.position if train else None, eval_kwargs)
     with wandb_closed():
-        loggers = build_loggers(cfg, run_dir)
+        loggers = build_loggers(cfg, run_dir, resumes)
         trainer = build_trainer(cfg, run_dir, loggers, budget)
-        if train:
-            from .methods.sft import SFTModule
-
-            module = SFTModule(model, processor, cfg.method, total_steps=budget["total_steps"], **eval_kwargs)
-        else:
-            from .methods.base import VLMModule
-
-            module = VLMModule(model, processor, **eval_kwargs)
-
-        before = evaluate(trainer, module, dm, "row_zero") if (train and cfg.eval.row_zero) else None
+        before = row_zero(trainer, module, dm, run_dir) if (train and cfg.eval.row_zero) else None
         train_seconds = None
         if train:
             t0 = time.time()
             val = dm.val_dataloader() if cfg.eval.every_n_steps else None
-            trainer.fit(module, train_dataloaders=dm.train_dataloader(), val_dataloaders=val)
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val,
+                        ckpt_path=str(resume_from) if resume_from else None)
             train_seconds = round(time.time() - t0, 1)
+            trainer.save_checkpoint(run_dir / CHECKPOINT)  # the final state, whatever the save interval
         after = evaluate(trainer, module, dm, "final" if train else "eval")
 
         if train and cfg.save_model and trainer.is_global_zero:
@@ -308,12 +254,14 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
 
         results = {
             "run_name": cfg.run_name, "mode": cfg.mode, "task": cfg.task.name if train else None,
-            "method": cfg.method.name if train else None, "model": cfg.model.name, "seed": cfg.seed,
+            "method": method_tag(cfg.method.name, cfg.kl.name) if train else None,
+            "kl": cfg.kl.name if train else None, "model": cfg.model.name, "seed": cfg.seed,
             "ckpt": cfg.ckpt, "eval_tasks": dm.eval_names,
             "prompts": {n: {"prompt": t.prompt, "eval_prompt": t.eval_prompt or t.prompt} for n, t in eval_tasks.items()},
             "before": before, "after": after,
             "train": ({"steps": int(trainer.global_step), "samples": module.samples_seen, "seconds": train_seconds,
-                       **budget} if train else None),
+                       "resumed_from": str(resume_from) if resume_from else None, **budget.as_dict()}
+                      if train else None),
             "seconds": round(time.time() - started, 1),
         }
         if trainer.is_global_zero:

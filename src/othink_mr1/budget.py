@@ -1,0 +1,70 @@
+"""Batch geometry and step budget: validated before training, printed at start-up as one line.
+
+SFT:  samples per optimizer step = batch_size x accumulate_grad_batches x processes.
+GRPO: prompts per optimizer step  = batch_size x accumulate_grad_batches x processes (= prompts_per_step),
+      each prompt expanded to num_generations completions inside its micro-batch; num_iterations (mu)
+      optimizer steps per rollout batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+def world_size(trainer_cfg: Any) -> int:
+    """Processes a Trainer with this config will run."""
+    devices = trainer_cfg.devices
+    if isinstance(devices, int):
+        n = devices if devices > 0 else max(1, torch.cuda.device_count())
+    elif isinstance(devices, str):
+        n = len([d for d in devices.split(",") if d.strip()]) if "," in devices else (
+            int(devices) if devices.isdigit() else max(1, torch.cuda.device_count()))
+    else:
+        n = len(devices)
+    return n * trainer_cfg.num_nodes
+
+
+@dataclass
+class Budget:
+    processes: int
+    samples_per_step: int  # SFT samples or GRPO prompts per optimizer step, all processes
+    steps_per_epoch: int  # optimizer steps per pass over the train split
+    total_steps: int  # optimizer steps of the run
+    micro_batches: int  # training micro-batches of the run, per process (the loader's length)
+    warmup_steps: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def train_budget(method: Any, trainer_cfg: Any, num_train: int) -> Budget:
+    procs = world_size(trainer_cfg)
+    per_step = method.batch_size * method.accumulate_grad_batches * procs
+    if method.name == "grpo":
+        mu = method.num_iterations
+        steps_per_epoch = math.ceil(num_train / per_step) * mu
+        total = method.max_steps if method.max_steps is not None else steps_per_epoch * method.epochs
+        micro_batches = math.ceil(total / mu) * method.accumulate_grad_batches
+    else:
+        batches_per_epoch = math.ceil(num_train / (method.batch_size * procs))
+        steps_per_epoch = max(1, math.ceil(batches_per_epoch / method.accumulate_grad_batches))
+        total = method.max_steps if method.max_steps is not None else steps_per_epoch * method.epochs
+        micro_batches = total * method.accumulate_grad_batches
+    return Budget(procs, per_step, steps_per_epoch, total, micro_batches, int(round(method.warmup_ratio * total)))
+
+
+def budget_line(method: Any, kl_name: str, num_train: int, budget: Budget) -> str:
+    m, b = method, budget
+    run = (f"{num_train} train samples -> {b.steps_per_epoch} steps/epoch; {b.total_steps} optimizer steps "
+           f"({b.warmup_steps} warmup), lr {m.lr:g} {m.lr_schedule}")
+    if m.name == "grpo":
+        return (f"[budget] grpo: {m.batch_size} prompts/micro-batch x {m.accumulate_grad_batches} accumulation x "
+                f"{b.processes} process(es) = {b.samples_per_step} prompts per optimizer step; x G={m.num_generations} "
+                f"= {b.samples_per_step * m.num_generations} completions ({m.batch_size * m.num_generations} per "
+                f"micro-batch), mu={m.num_iterations}; {run}; kl {kl_name}")
+    return (f"[budget] {m.name}: {m.batch_size} samples/device x {m.accumulate_grad_batches} accumulation x "
+            f"{b.processes} process(es) = {b.samples_per_step} samples per optimizer step; {run}")

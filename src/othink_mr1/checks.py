@@ -1,0 +1,147 @@
+"""Semantic config checks the schemas cannot express. They run first, before any data, model or
+training time is spent, and every message names the config key at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from .budget import world_size
+from .data.synthetic.counting import CELL, MAX_OBJECTS
+from .data.tasks import SOURCES
+from .methods.grpo_loss import AGGREGATIONS
+from .methods.kl_schedules import build_kl_schedule
+from .methods.schedules import LR_SCHEDULES
+from .rewards.functions import REWARDS
+from .rewards.scorers import SCORERS
+from .utils.errors import ConfigError
+
+METHODS = ("sft", "grpo")
+MODEL_SOURCES = ("tiny", "tiny_base", "pretrained")
+
+
+def eval_task_configs(cfg: DictConfig) -> dict[str, Any]:
+    """Config of every task in eval.tasks; the trained task's own node wins, so `task.*` overrides
+    apply to its evaluation too. The trained task is always scored."""
+    names = list(cfg.eval.tasks)
+    if cfg.mode == "train" and cfg.task.name not in names:
+        names.insert(0, cfg.task.name)
+    known = sorted(set(cfg.tasks) | {cfg.task.name})
+    out = {}
+    for name in names:
+        if name == cfg.task.name:
+            out[name] = cfg.task
+        elif name in cfg.tasks:
+            out[name] = cfg.tasks[name]
+        else:
+            raise ConfigError(f"eval.tasks: unknown task '{name}'; known tasks: {known}")
+    return out
+
+
+def check_task(task: Any, key: str) -> None:
+    if task.source not in SOURCES:
+        raise ConfigError(f"{key}.source='{task.source}': expected one of {list(SOURCES)}")
+    if task.scorer not in SCORERS:
+        raise ConfigError(f"{key}.scorer='{task.scorer}': expected one of {sorted(SCORERS)}")
+    for field in ("prompt", "eval_prompt"):
+        template = task.get(field)
+        if template is not None and "{question}" not in template:
+            raise ConfigError(f"{key}.{field} must contain '{{question}}' (where the question goes): {template!r}")
+    if task.max_new_tokens < 1:
+        raise ConfigError(f"{key}.max_new_tokens={task.max_new_tokens}: must be at least 1")
+    if task.source == "synthetic_counting" and task.synthetic is not None:
+        # One object per 28px cell (a merged visual token): 10 objects need a 4x4 grid.
+        if (task.synthetic.image_size // CELL) ** 2 < MAX_OBJECTS:
+            raise ConfigError(f"{key}.synthetic.image_size={task.synthetic.image_size}: counting scenes of up to "
+                              f"{MAX_OBJECTS} objects need at least {4 * CELL}px")
+
+
+def check_method(cfg: DictConfig) -> None:
+    m = cfg.method
+    if m.name not in METHODS:
+        raise ConfigError(f"method.name='{m.name}': expected one of {list(METHODS)}")
+    if m.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"method.lr_schedule='{m.lr_schedule}': expected one of {list(LR_SCHEDULES)}")
+    for key in ("batch_size", "accumulate_grad_batches", "epochs"):
+        if m[key] < 1:
+            raise ConfigError(f"method.{key}={m[key]}: must be at least 1")
+    if m.max_steps is not None and m.max_steps < 1:
+        raise ConfigError(f"method.max_steps={m.max_steps}: must be at least 1 (or null to train by epochs)")
+    if not 0.0 <= m.warmup_ratio < 1.0:
+        raise ConfigError(f"method.warmup_ratio={m.warmup_ratio}: must be in [0, 1)")
+    if m.name == "sft":
+        if m.target not in ("auto", "solution", "thinking_solution"):
+            raise ConfigError(f"method.target='{m.target}': expected auto, solution or thinking_solution")
+        if m.loss_on not in ("assistant", "all"):
+            raise ConfigError(f"method.loss_on='{m.loss_on}': expected assistant or all")
+        if cfg.kl.name != "none":
+            raise ConfigError(f"kl={cfg.kl.name} applies to GRPO only: SFT has no KL term (drop kl= or use method=grpo)")
+    else:
+        check_grpo(cfg)
+
+
+def check_grpo(cfg: DictConfig) -> None:
+    """GRPO's batch geometry and sampling settings: everything must divide before a step is taken."""
+    m = cfg.method
+    if m.num_generations < 2:
+        raise ConfigError(f"method.num_generations={m.num_generations}: GRPO needs at least 2 completions per "
+                          "prompt (advantages are relative to the group)")
+    procs = world_size(cfg.trainer)
+    if m.prompts_per_step != m.batch_size * m.accumulate_grad_batches * procs:
+        raise ConfigError(
+            f"method.prompts_per_step={m.prompts_per_step} must equal method.batch_size={m.batch_size} x "
+            f"method.accumulate_grad_batches={m.accumulate_grad_batches} x {procs} process(es) "
+            f"= {m.batch_size * m.accumulate_grad_batches * procs}")
+    checks = [
+        (m.num_iterations >= 1, f"method.num_iterations={m.num_iterations}: must be at least 1"),
+        (m.temperature > 0, f"method.temperature={m.temperature}: must be positive"),
+        (0 < m.top_p <= 1, f"method.top_p={m.top_p}: must be in (0, 1]"),
+        (m.top_k >= 0, f"method.top_k={m.top_k}: must be >= 0 (0 = off)"),
+        (m.max_completion_length >= 1, f"method.max_completion_length={m.max_completion_length}: must be at least 1"),
+        (m.epsilon >= 0 and (m.epsilon_high is None or m.epsilon_high >= 0),
+         f"method.epsilon={m.epsilon}, method.epsilon_high={m.epsilon_high}: must be >= 0"),
+        (m.loss_aggregation in AGGREGATIONS,
+         f"method.loss_aggregation='{m.loss_aggregation}': expected one of {list(AGGREGATIONS)}"),
+        (len(m.rewards) > 0, "method.rewards is empty: name at least one reward"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    unknown = sorted(set(m.rewards) - set(REWARDS))
+    if unknown:
+        raise ConfigError(f"method.rewards: unknown reward(s) {unknown}; available: {sorted(REWARDS)}")
+    if m.max_steps is not None and m.max_steps % m.num_iterations:
+        raise ConfigError(f"method.max_steps={m.max_steps} must be a multiple of method.num_iterations="
+                          f"{m.num_iterations} (each rollout batch is used for mu optimizer steps)")
+    try:
+        build_kl_schedule(cfg.kl)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"kl={cfg.kl.name}: {exc}") from None
+
+
+def check_config(cfg: DictConfig) -> dict[str, Any]:
+    """All semantic checks; returns the eval task configs."""
+    if cfg.mode not in ("train", "eval"):
+        raise ConfigError(f"mode='{cfg.mode}': expected train or eval")
+    if cfg.model.source not in MODEL_SOURCES:
+        raise ConfigError(f"model.source='{cfg.model.source}': expected one of {list(MODEL_SOURCES)}")
+    eval_tasks = eval_task_configs(cfg)
+    if not eval_tasks:
+        raise ConfigError("eval.tasks is empty: name at least one task to score")
+    for name, task in eval_tasks.items():
+        check_task(task, "task" if name == cfg.task.name else f"tasks.{name}")
+    if cfg.eval.batch_size < 1:
+        raise ConfigError(f"eval.batch_size={cfg.eval.batch_size}: must be at least 1")
+    if cfg.mode == "train":
+        check_task(cfg.task, "task")
+        check_method(cfg)
+        if cfg.ckpt:
+            raise ConfigError("ckpt= is for mode=eval; to train from saved weights use "
+                              "model.source=pretrained model.path=<folder>, to continue a run use resume=")
+    elif cfg.resume:
+        raise ConfigError("resume= continues a training run; mode=eval takes ckpt=")
+    if cfg.ckpt and not Path(cfg.ckpt).exists():
+        raise ConfigError(f"ckpt='{cfg.ckpt}': no such file or folder")
+    return eval_tasks

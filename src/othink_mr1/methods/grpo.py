@@ -1,0 +1,225 @@
+"""GRPO with a scheduled KL coefficient (GRPO-D when `kl=grpo_d`), as a manual-optimization
+LightningModule sharing the data module and the evaluation harness with SFT.
+
+One optimizer step ("rollout step"):
+  1. each micro-batch of prompts arrives from the loader (batch_size prompts per device); every prompt
+     is expanded to G = num_generations copies here, so a group never crosses micro-batches or devices;
+  2. G completions per prompt are sampled under no_grad, scored by the configured rewards, and turned
+     into group advantages; the reference's (and, with mu > 1, the rollout policy's) log-probs are
+     computed once;
+  3. after `accumulate_grad_batches` micro-batches, `num_iterations` (mu) passes of
+     loss -> backward over all of them, each ending in one clipped optimizer step.
+The loss itself lives in grpo_loss.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..evaluation.harness import suppressed_token_ids
+from ..rewards.functions import compute_rewards
+from .base import TrainableModule
+from .grpo_loss import StepSizes, group_advantages, grpo_loss, token_log_probs
+from .kl_schedules import KLSchedule
+
+PROMPT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+@dataclass
+class Rollout:
+    """One micro-batch of sampled completions, ready for the loss. Sequences are prompt (left-padded)
+    followed by completion (right-padded); every tensor has one row per completion."""
+
+    inputs: dict[str, torch.Tensor]  # model inputs for prompt + completion
+    completion_ids: torch.Tensor  # [N, C]
+    completion_mask: torch.Tensor  # [N, C], 1 up to and including the end-of-turn token
+    advantages: torch.Tensor  # [N]
+    rewards: torch.Tensor  # [N] weighted total
+    reward_parts: dict[str, torch.Tensor]  # name -> [N]
+    old_logp: torch.Tensor | None = None  # [N, C], mu > 1 only
+    ref_logp: torch.Tensor | None = None  # [N, C], when the KL schedule can be positive
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.completion_ids.shape[0])
+
+
+def repeat_prompts(batch: dict[str, Any], times: int) -> dict[str, torch.Tensor]:
+    """Each prompt (and its image) `times` times in a row: rows 0..times-1 are prompt 0's group."""
+    out = {k: batch[k].repeat_interleave(times, dim=0) for k in PROMPT_KEYS if k in batch}
+    if "pixel_values" in batch:
+        grid = batch["image_grid_thw"]
+        # pixel_values stacks every image's patches; image i owns t*h*w rows.
+        chunks = torch.split(batch["pixel_values"], grid.prod(dim=1).tolist())
+        out["pixel_values"] = torch.cat([c for c in chunks for _ in range(times)])
+        out["image_grid_thw"] = grid.repeat_interleave(times, dim=0)
+    return out
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1 for each token up to and including the first end-of-turn token, 0 after it."""
+    is_eos = completion_ids == eos_id
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    return (~after_eos).long()
+
+
+class GRPOModule(TrainableModule):
+    def __init__(self, model: torch.nn.Module, processor: Any, method: Any, total_steps: int, kl: KLSchedule,
+                 reference: torch.nn.Module | None = None, scorer: str = "counting", max_new_tokens: int = 512,
+                 **kwargs: Any):
+        super().__init__(model, processor, method, total_steps, **kwargs)
+        self.automatic_optimization = False
+        self.kl = kl
+        self.scorer = scorer
+        self.max_new_tokens = max_new_tokens
+        # Kept in a list so it is not a submodule: outside the optimizer, the state_dict and checkpoints.
+        self._reference = [reference] if reference is not None else []
+        self._buffer: list[Rollout] = []
+
+    @property
+    def reference(self) -> torch.nn.Module | None:
+        return self._reference[0] if self._reference else None
+
+    def on_fit_start(self) -> None:
+        if self.reference is not None:
+            self.reference.to(self.device).eval()
+
+    # ----------------------------------------------------------------------------------- rollout
+    @torch.no_grad()
+    def sample(self, prompts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Completion ids [N, C] sampled from the policy for already-repeated prompts."""
+        m, tok = self.method, self.processor.tokenizer
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(**prompts, do_sample=True, temperature=m.temperature, top_p=m.top_p,
+                                  top_k=m.top_k or None, max_new_tokens=self.max_new_tokens,
+                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                  suppress_tokens=suppressed_token_ids(tok))
+        self.model.train(was_training)
+        return out[:, prompts["input_ids"].shape[1]:]
+
+    def log_probs(self, model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
+        """Per-token log-probs [N, C] of the completion under `model` (with grad if enabled)."""
+        length = rollout.completion_ids.shape[1]
+        logits = model(**rollout.inputs, logits_to_keep=length + 1).logits[:, :-1]
+        return token_log_probs(logits, rollout.completion_ids, self.method.temperature)
+
+    def build_rollout(self, batch: dict[str, Any], completion_ids: torch.Tensor) -> Rollout:
+        """Score sampled completions of a prompt micro-batch and prepare everything the loss needs."""
+        m, tok = self.method, self.processor.tokenizer
+        G = m.num_generations
+        prompts = repeat_prompts(batch, G)
+        mask = completion_mask(completion_ids, tok.eos_token_id)
+        inputs = dict(prompts)
+        inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids], dim=1)
+        inputs["attention_mask"] = torch.cat([prompts["attention_mask"], mask], dim=1)
+        if "mm_token_type_ids" in prompts:  # text tokens are type 0
+            inputs["mm_token_type_ids"] = torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
+
+        texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
+        answers = [a for a in batch["meta"]["answers"] for _ in range(G)]
+        questions = [q for q in batch["meta"]["questions"] for _ in range(G)]
+        total, parts = compute_rewards(dict(m.rewards), texts, answer=answers, question=questions,
+                                       scorer=[self.scorer] * len(texts))
+        device = completion_ids.device
+        rewards = torch.tensor(total, dtype=torch.float32, device=device)
+        rollout = Rollout(
+            inputs=inputs, completion_ids=completion_ids, completion_mask=mask,
+            advantages=group_advantages(rewards, G, scale=m.scale_rewards), rewards=rewards,
+            reward_parts={k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in parts.items()},
+        )
+        with torch.no_grad():
+            if m.num_iterations > 1:
+                rollout.old_logp = self.log_probs(self.model, rollout)
+            if self.reference is not None:
+                rollout.ref_logp = self.log_probs(self.reference, rollout)
+        return rollout
+
+    # ------------------------------------------------------------------------------------ update
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        prompts = repeat_prompts(batch, self.method.num_generations)
+        self._buffer.append(self.build_rollout(batch, self.sample(prompts)))
+        self.samples_seen += len(batch["meta"]["answers"]) * self.trainer.world_size
+        if len(self._buffer) == self.method.accumulate_grad_batches:
+            rollouts, self._buffer = self._buffer, []
+            self.optimize(rollouts)
+
+    def step_sizes(self, rollouts: list[Rollout]) -> StepSizes:
+        return StepSizes(num_sequences=sum(r.num_sequences for r in rollouts),
+                         num_tokens=int(sum(int(r.completion_mask.sum()) for r in rollouts)),
+                         max_completion_length=self.max_new_tokens)
+
+    def accumulate_gradients(self, rollouts: list[Rollout], beta: float, backward: Any = None) -> dict[str, float]:
+        """Backward of the step loss over all micro-batches (gradients add up in .grad)."""
+        m = self.method
+        backward = backward or self.manual_backward
+        sizes = self.step_sizes(rollouts)
+        totals = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
+        for rollout in rollouts:
+            loss, stats = grpo_loss(
+                self.log_probs(self.model, rollout), rollout.advantages, rollout.completion_mask,
+                old_logp=rollout.old_logp, ref_logp=rollout.ref_logp, beta=beta, epsilon=m.epsilon,
+                epsilon_high=m.epsilon_high, aggregation=m.loss_aggregation, sizes=sizes,
+            )
+            backward(loss)
+            # Token-weighted means over the step.
+            share = float(stats["tokens"]) / max(sizes.num_tokens, 1)
+            totals["loss"] += float(loss.detach())
+            totals["kl"] += float(stats["kl"]) * share
+            totals["clip_ratio"] += float(stats["clip_ratio"]) * share
+        return totals
+
+    def optimize(self, rollouts: list[Rollout]) -> None:
+        m = self.method
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        for _ in range(m.num_iterations):
+            beta = self.kl.value(self.global_step, self.total_steps)
+            totals = self.accumulate_gradients(rollouts, beta)
+            norm = self.grad_norm()
+            if m.max_grad_norm:
+                self.clip_gradients(optimizer, gradient_clip_val=m.max_grad_norm, gradient_clip_algorithm="norm")
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if self.reference is not None:
+                self.kl.observe(totals["kl"])
+            self.log_step(rollouts, totals, beta, lr, norm)
+
+    def log_step(self, rollouts: list[Rollout], totals: dict[str, float], beta: float, lr: float,
+                 norm: torch.Tensor | None) -> None:
+        G = self.method.num_generations
+        rewards = torch.cat([r.rewards for r in rollouts])
+        group_std = rewards.view(-1, G).std(dim=1)
+        lengths = torch.cat([r.completion_mask.sum(dim=1) for r in rollouts]).float()
+        metrics = {
+            "train/loss": totals["loss"],
+            "train/beta": beta,
+            "train/reward_std": group_std.mean(),
+            "train/frac_reward_zero_std": (group_std == 0).float().mean(),
+            "train/clip_ratio": totals["clip_ratio"],
+            "train/completion_len": lengths.mean(),
+            "train/lr": lr,
+            "progress/samples": float(self.samples_seen),
+        }
+        if self.reference is not None:
+            metrics["train/kl"] = totals["kl"]
+        if norm is not None:
+            metrics["train/grad_norm"] = norm
+        for name in rollouts[0].reward_parts:
+            metrics[f"train/reward/{name}"] = torch.cat([r.reward_parts[name] for r in rollouts]).mean()
+        self.log_dict({k: float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False)
+        self.log("train/reward", float(rewards.mean()), prog_bar=True, on_step=True, on_epoch=False)
+
+    # ---------------------------------------------------------------------------------- resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["kl_schedule"] = self.kl.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "kl_schedule" in checkpoint:
+            self.kl.load_state_dict(checkpoint["kl_schedule"])

@@ -1,0 +1,120 @@
+"""The GRPO loss, as pure functions, readable top to bottom.
+
+For the G completions o_1..o_G of one prompt with rewards r_i (DeepSeekMath; R1-V; OThink-MR1):
+
+    A_i   = (r_i - mean(r)) / (std(r) + 1e-4)            group-relative advantage, std unbiased
+    rho_t = pi_theta(o_t) / pi_old(o_t)                  per-token ratio to the rollout policy
+    KL_t  = exp(ref_t - logp_t) - (ref_t - logp_t) - 1   the "k3" estimator, >= 0
+    L     = -(1/G) sum_i (1/|o_i|) sum_t [ min(rho_t A_i, clip(rho_t, 1-eps, 1+eps_high) A_i) - beta KL_t ]
+
+With one update per rollout (num_iterations = 1, R1-V) pi_old is pi_theta itself (detached): rho is
+exactly 1 and the clip never binds, but the gradient is A_i * grad log pi. With mu > 1 updates the
+rollout's log-probs are pi_old and the clip is live.
+
+Aggregations (how per-token terms become one number), each normalised by the whole optimizer step
+so that gradient accumulation (4 x micro-batch 1 or 1 x micro-batch 4) gives the same gradient:
+    grpo     token mean per completion, then mean over completions (the paper's, the default)
+    dapo     token mean over all completion tokens of the step (DAPO)
+    dr_grpo  token sum divided by completions x a fixed max length (Dr. GRPO)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
+ADVANTAGE_EPS = 1e-4
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
+    """(r - group mean) / (group std + 1e-4) for consecutive groups of `group_size` rewards."""
+    grouped = rewards.view(-1, group_size)
+    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        centered = centered / (grouped.std(dim=1, keepdim=True) + ADVANTAGE_EPS)  # unbiased std (R1-V)
+    return centered.reshape(-1)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi_theta || pi_ref) (Schulman, 2020): always >= 0, 0 iff equal."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1.0
+
+
+@dataclass
+class StepSizes:
+    """Normalisers for the whole optimizer step (all micro-batches), so accumulation is exact."""
+
+    num_sequences: int
+    num_tokens: int
+    max_completion_length: int
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    old_logp: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    aggregation: str = "grpo",
+    sizes: StepSizes | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """This micro-batch's share of the step loss, and statistics for logging.
+
+    logp, old_logp, ref_logp, mask: [sequences, completion tokens]; advantages: [sequences].
+    `sizes` defaults to this micro-batch alone (then the loss is the full-batch loss).
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"method.loss_aggregation='{aggregation}': expected one of {list(AGGREGATIONS)}")
+    mask = mask.to(logp.dtype)
+    if sizes is None:
+        sizes = StepSizes(logp.shape[0], int(mask.sum().item()), logp.shape[1])
+    eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
+
+    # Policy-gradient term with the PPO clip.
+    old = logp.detach() if old_logp is None else old_logp
+    ratio = torch.exp(logp - old)
+    adv = advantages.unsqueeze(1)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
+    per_token = -torch.min(unclipped, clipped)
+
+    # KL penalty to the frozen reference.
+    kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)
+    if beta != 0.0:
+        per_token = per_token + beta * kl
+
+    # Aggregate.
+    if aggregation == "grpo":
+        per_sequence = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        loss = per_sequence.sum() / sizes.num_sequences
+    elif aggregation == "dapo":
+        loss = (per_token * mask).sum() / max(sizes.num_tokens, 1)
+    else:
+        loss = (per_token * mask).sum() / (sizes.num_sequences * sizes.max_completion_length)
+
+    with torch.no_grad():
+        tokens = mask.sum().clamp(min=1.0)
+        is_clipped = ((ratio < 1.0 - eps_low) & (adv < 0)) | ((ratio > 1.0 + eps_high) & (adv > 0))
+        stats = {
+            "kl": (kl * mask).sum() / tokens,
+            "clip_ratio": (is_clipped.to(mask.dtype) * mask).sum() / tokens,
+            "tokens": mask.sum(),
+        }
+    return loss, stats
+
+
+def token_log_probs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(token) for each position: logits [B, T, V] predict token_ids [B, T]. Row by row, so the
+    full [B, T, V] log-softmax never exists at once (real vocabularies are 150k wide)."""
+    out = []
+    for row_logits, row_ids in zip(logits, token_ids):
+        row = row_logits.float() / temperature
+        out.append(torch.gather(row.log_softmax(dim=-1), 1, row_ids.unsqueeze(1)).squeeze(1))
+    return torch.stack(out)

@@ -1,0 +1,174 @@
+"""GRPO training on the tiny model: parameters move, accumulation is exact, the reference model is only
+loaded when beta can be positive, and a resumed run ends exactly where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import CACHE, compose_config
+
+from othink_mr1.data.collate import PromptCollator
+from othink_mr1.data.tasks import TaskSplit, load_split
+from othink_mr1.methods.grpo import GRPOModule, completion_mask, repeat_prompts
+from othink_mr1.methods.kl_schedules import ConstantKL
+from othink_mr1.rewards import functions
+from othink_mr1.runner import build_module, run
+from othink_mr1.utils.errors import ConfigError
+
+# The random tiny model never answers correctly, so accuracy and format rewards are all zero and carry
+# no signal; a reward that varies between completions exercises the training machinery.
+# The paper's rewards stay (weight 0: still computed and logged).
+VARYING = ["method.rewards.accuracy=0.0", "method.rewards.format=0.0", "+method.rewards.length_mod=1.0"]
+
+
+@pytest.fixture(autouse=True)
+def varying_reward(monkeypatch):
+    monkeypatch.setitem(functions.REWARDS, "length_mod", lambda completions, **_: [float(len(c) % 5) for c in completions])
+
+
+def grpo_cfg(tmp_path, *overrides: str):
+    return compose_config(["model=tiny", *VARYING, *overrides], output_dir=tmp_path / "outputs")
+
+
+def test_geometry_is_checked_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"method.prompts_per_step=4 must equal method.batch_size=3 x "
+                                          r"method.accumulate_grad_batches=1 x 1 process\(es\) = 3"):
+        run(grpo_cfg(tmp_path, "method.batch_size=3"))
+    with pytest.raises(ConfigError, match="method.num_generations=1: GRPO needs at least 2"):
+        run(grpo_cfg(tmp_path, "method.num_generations=1"))
+    with pytest.raises(ConfigError, match=r"method.rewards: unknown reward\(s\) \['speed'\]"):
+        run(grpo_cfg(tmp_path, "+method.rewards.speed=1.0"))
+    with pytest.raises(ConfigError, match="kl=constant applies to GRPO only"):
+        run(compose_config(["model=tiny", "method=sft", "kl=constant"], output_dir=tmp_path))
+
+
+def test_a_few_grpo_steps_change_every_trainable_parameter(tmp_path, tiny):
+    cfg = grpo_cfg(tmp_path, "method.max_steps=3", "method.lr=1e-3", "kl=constant", "save_model=true",
+                   "eval.row_zero=false")
+    start = {n: p.detach().clone() for n, p in tiny[0].named_parameters()}
+    results = run(cfg)
+    trained = load_file(str(Path(cfg.paths.run_dir) / "model" / "model.safetensors"))
+    unchanged = [n for n, p in start.items() if n in trained and torch.equal(trained[n], p)]
+    assert not unchanged, f"not updated by GRPO: {unchanged}"
+    assert results["train"]["steps"] == 3 and results["train"]["samples"] == 12
+    assert results["method"] == "grpo" and results["run_name"] == "counting_grpo_tiny_seed42"
+
+
+def test_step_metrics_are_logged(tmp_path):
+    import csv
+
+    cfg = grpo_cfg(tmp_path, "method.max_steps=2", "eval.row_zero=false")
+    run(cfg)
+    rows = [r for r in csv.DictReader((Path(cfg.paths.run_dir) / "csv" / "metrics.csv").open()) if r["train/loss"]]
+    assert len(rows) == 2
+    for key in ("train/loss", "train/kl", "train/beta", "train/reward", "train/reward_std", "train/frac_reward_zero_std",
+                "train/clip_ratio", "train/completion_len", "train/reward/length_mod", "progress/samples", "train/lr"):
+        assert rows[0][key] != "", key
+    # grpo_d over 2 steps: beta_mid at step 0, then rising after the turn at w = 0.6.
+    assert [float(r["train/beta"]) for r in rows] == pytest.approx([0.07, 0.04 + 0.06 * 0.4 / 1.4])
+    assert float(rows[0]["train/kl"]) == pytest.approx(0.0, abs=1e-6)  # policy == reference at step 0
+    assert float(rows[0]["train/clip_ratio"]) == 0.0  # mu = 1: the clip is inert
+
+
+def rollouts_for(module, processor, task, cache, prompts=4):
+    """Completions for 4 prompts sampled once, then cut into micro-batches of 1 and of 4 prompts."""
+    split = TaskSplit(task, "train", load_split(task, "train", str(cache)))
+    examples = [split[i] for i in range(prompts)]
+    collate = PromptCollator(processor, task.prompt)
+    whole = collate(examples)
+    torch.manual_seed(0)
+    completions = module.sample(repeat_prompts(whole, module.method.num_generations))
+    G = module.method.num_generations
+    singles = [module.build_rollout(collate([ex]), completions[i * G:(i + 1) * G]) for i, ex in enumerate(examples)]
+    return [module.build_rollout(whole, completions)], singles
+
+
+@pytest.mark.parametrize("aggregation", ["grpo", "dapo", "dr_grpo"])
+def test_accumulation_4x1_equals_1x4(tmp_path, tiny, aggregation):
+    model, processor = copy.deepcopy(tiny[0]), tiny[1]
+    cfg = grpo_cfg(tmp_path, f"method.loss_aggregation={aggregation}")
+    module = GRPOModule(model, processor, cfg.method, total_steps=10, kl=ConstantKL(0.1),
+                        reference=copy.deepcopy(tiny[0]).eval(), scorer="counting", max_new_tokens=12)
+    one_by_four, four_by_one = rollouts_for(module, processor, cfg.task, CACHE)
+    grads = []
+    for rollouts in (one_by_four, four_by_one):
+        model.zero_grad()
+        module.accumulate_gradients(rollouts, beta=0.1, backward=lambda loss: loss.backward())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-7), name
+
+
+def test_reference_model_only_when_beta_can_be_positive(tmp_path, tiny):
+    model, processor = tiny
+    for kl, expected in (("none", False), ("constant", True), ("grpo_d", True), ("adaptive", True)):
+        cfg = grpo_cfg(tmp_path, f"kl={kl}")
+        module = build_module(cfg, model, processor, budget=type("B", (), {"total_steps": 2})(),
+                              data_position=None, eval_kwargs={})
+        assert (module.reference is not None) == expected, kl
+        if module.reference is not None:
+            assert all(not p.requires_grad for p in module.reference.parameters())
+            assert not module.reference.training
+            # Outside the optimizer and the checkpoint: not a submodule.
+            assert not any(k.startswith("_reference") for k in module.state_dict())
+    cfg = grpo_cfg(tmp_path, "kl=constant", "kl.beta=0.0")
+    assert build_module(cfg, model, processor, type("B", (), {"total_steps": 2})(), None, {}).reference is None
+
+
+def test_completion_mask_stops_after_the_end_of_turn():
+    ids = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0]])
+    assert completion_mask(ids, eos_id=2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
+    common = ["method.max_steps=4", "method.lr=1e-3", "kl=adaptive", "trainer.checkpoint_every_n_steps=1",
+              "save_model=true", "eval.row_zero=false"]
+    uninterrupted = compose_config(["model=tiny", *VARYING, *common], output_dir=tmp_path / "a")
+    run(uninterrupted)
+
+    interrupted = compose_config(["model=tiny", *VARYING, *common], output_dir=tmp_path / "b")
+    original = GRPOModule.training_step
+
+    def crash_at_step_2(self, batch, batch_idx):
+        if self.global_step == 2:
+            raise KeyboardInterrupt("simulated preemption")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(GRPOModule, "training_step", crash_at_step_2)
+    with pytest.raises(BaseException):
+        run(interrupted)
+    run_dir = Path(interrupted.paths.run_dir)
+    assert not (run_dir / "results.json").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2 and saved["kl_schedule"]["beta"] != 0.04
+
+    monkeypatch.setattr(GRPOModule, "training_step", original)
+    resumed = compose_config(["model=tiny", *VARYING, *common, "resume=true"], output_dir=tmp_path / "b")
+    results = run(resumed)
+    assert results["train"]["steps"] == 4 and results["train"]["resumed_from"].endswith("last.ckpt")
+    a = load_file(str(Path(uninterrupted.paths.run_dir) / "model" / "model.safetensors"))
+    b = load_file(str(run_dir / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # Nothing of the first attempt was lost: its metrics stay, the resumed attempt logs beside them.
+    assert (run_dir / "csv" / "metrics.csv").exists() and (run_dir / "csv" / "resume_1" / "metrics.csv").exists()
+    assert len((run_dir / "resumes.jsonl").read_text().splitlines()) == 1
+
+
+def test_resume_refuses_a_changed_config_or_a_missing_checkpoint(tmp_path):
+    cfg = grpo_cfg(tmp_path, "method.max_steps=2", "eval.row_zero=false")
+    with pytest.raises(ConfigError, match="resume=True: no checkpoint at"):
+        run(grpo_cfg(tmp_path, "method.max_steps=2", "eval.row_zero=false", "resume=true"))
+    run_dir = Path(cfg.paths.run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (run_dir / "config.yaml").write_text("seed: 1\n")
+    with pytest.raises(ConfigError, match="the config differs from the one this run started with"):
+        run(grpo_cfg(tmp_path, "method.max_steps=2", "eval.row_zero=false", "resume=true"))
