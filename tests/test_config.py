@@ -52,7 +52,7 @@ def test_sweep_config_is_a_group_and_launches_a_multirun(tmp_path):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["sweeps=sft_seeds"], return_hydra_config=True)
+        cfg = compose("config", overrides=["sweeps=seeds"], return_hydra_config=True)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     assert cfg.hydra.sweeper.params == {"seed": "1,2,3"}
     assert cfg.hydra.sweep.subdir == cfg.run_name  # one folder per job, named by its choices
@@ -87,8 +87,12 @@ def test_unknown_option_names_the_group_and_lists_choices(group):
 
 def test_run_name_and_dirs_derive_from_choices_and_seed(tmp_path):
     cfg = compose_config(["task=geometry", "seed=3"], output_dir=tmp_path)
-    assert cfg.run_name == "geometry_sft_tiny_base_seed3"
-    cfg = compose_config(["task=geometry", "seed=3", "tag=lr_ablation"], output_dir=tmp_path)
+    assert cfg.run_name == "geometry_grpo_d_tiny_base_seed3"  # the default method: GRPO with kl=grpo_d
+    cfg = compose_config(["task=geometry", "seed=3", "kl=constant"], output_dir=tmp_path)
+    assert cfg.run_name == "geometry_grpo_tiny_base_seed3"  # plain GRPO, the paper's baseline
+    cfg = compose_config(["task=geometry", "seed=3", "kl=cosine"], output_dir=tmp_path)
+    assert cfg.run_name == "geometry_grpo_kl-cosine_tiny_base_seed3"
+    cfg = compose_config(["task=geometry", "seed=3", "method=sft", "tag=lr_ablation"], output_dir=tmp_path)
     assert cfg.run_name == "geometry_sft_tiny_base_seed3_lr_ablation"
     cfg = compose_config(["mode=eval", "model=tiny", "seed=5"], output_dir=tmp_path)
     assert cfg.run_name == "eval_tiny_seed5"
@@ -103,15 +107,24 @@ def test_hydra_run_dir_is_the_run_name_under_outputs():
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["task=geometry", "seed=7"], return_hydra_config=True)
-    assert cfg.hydra.run.dir.endswith("/runs/geometry_sft_tiny_base_seed7")
+    assert cfg.hydra.run.dir.endswith("/runs/geometry_grpo_d_tiny_base_seed7")
     assert cfg.hydra.output_subdir is None  # the runner writes config.yaml itself, never over a finished run
 
 
 def test_pair_specific_settings_come_from_model_method(tmp_path):
     # The tiny models train at a small-model lr; the real ones keep R1-V's; the command line wins.
-    assert compose_config(["model=tiny_base"], shrink=False).method.lr == pytest.approx(5e-4)
-    assert compose_config(["model=qwen2_vl_2b_instruct"], shrink=False).method.lr == pytest.approx(2e-5)
-    assert compose_config(["model=tiny_base", "method.lr=1e-3"], shrink=False).method.lr == pytest.approx(1e-3)
+    assert compose_config(["model=tiny_base", "method=sft"], shrink=False).method.lr == pytest.approx(5e-4)
+    assert compose_config(["model=qwen2_vl_2b_instruct", "method=sft"], shrink=False).method.lr == pytest.approx(2e-5)
+    assert compose_config(["model=tiny_base", "method=sft", "method.lr=1e-3"], shrink=False).method.lr == pytest.approx(1e-3)
+    real_grpo = compose_config(["model=qwen2_vl_2b_instruct"], shrink=False).method
+    assert (real_grpo.lr, real_grpo.prompts_per_step, real_grpo.num_generations) == (1e-6, 16, 8)
+    assert compose_config(["model=tiny_base"], shrink=False).method.prompts_per_step == 16
+
+
+def test_the_method_picks_its_kl_schedule_and_kl_can_override_it():
+    assert compose_config([], shrink=False).kl.name == "grpo_d"
+    assert compose_config(["method=sft"], shrink=False).kl.name == "none"
+    assert compose_config(["kl=constant", "kl.beta=0.01"], shrink=False).kl.beta == pytest.approx(0.01)
 
 
 def test_real_models_load_from_hub_ids_with_r1v_pixels():
@@ -188,3 +201,37 @@ def test_rescore_task_names_use_the_scorer_each_task_config_names():
     for name in options("task"):
         task = compose_config([f"task={name}"], shrink=False).task
         assert SCORER_FOR_TASK[name] == task.scorer, name
+
+
+# The paper's settings (brief, Sec. "Training setup"), stated here independently of the golden files,
+# which only freeze whatever the presets compose to.
+PAPER_KL = {
+    "grpo_d_counting": {"name": "grpo_d", "beta_min": 0.04, "beta_max": 0.10, "warmup_ratio": 0.3},
+    "grpo_d_geoqa": {"name": "grpo_d", "beta_min": 0.0, "beta_max": 0.02, "warmup_ratio": 0.3},
+    "grpo_counting": {"name": "constant", "beta": 0.04},
+    "grpo_geoqa": {"name": "constant", "beta": 0.01},
+    "sft_counting": {"name": "none"},
+    "sft_geoqa": {"name": "none"},
+}
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_paper_presets_carry_the_papers_settings(name):
+    cfg = compose_config([f"experiment={name}"], shrink=False)
+    cell, size = name.removeprefix("paper_").rsplit("_", 1)
+    assert cfg.model.name == {"2b": "qwen2_vl_2b_instruct", "7b": "qwen2_vl_7b_instruct"}[size]
+    assert cfg.task.name == ("clevr_count" if "counting" in cell else "geoqa")
+    if "counting" in cell:
+        assert cfg.task.train_size == {"2b": 100, "7b": 120}[size]
+    expected = PAPER_KL[cell]
+    assert set(cfg.kl) == set(expected) and cfg.kl.name == expected["name"]
+    assert all(cfg.kl[k] == pytest.approx(v) for k, v in expected.items() if k != "name")
+    m = cfg.method
+    if m.name == "grpo":
+        assert (m.num_generations, m.temperature, m.lr, m.prompts_per_step, m.epochs, m.max_completion_length) == (
+            8, 1.0, 1e-6, 16, 2, 512)
+        assert dict(m.rewards) == {"accuracy": 1.0, "format": 1.0}  # alpha = 1
+        assert m.loss_aggregation == "grpo" and m.num_iterations == 1
+    else:  # the paper gives no SFT recipe: R1-V's, at 16 samples per optimizer step
+        assert (m.lr, m.lr_schedule, m.warmup_ratio, m.epochs) == (2e-5, "cosine", 0.1, 1)
+        assert m.batch_size * m.accumulate_grad_batches == 16
