@@ -60,24 +60,30 @@ def test_loss_and_gradient_match_hand_computation_with_the_clip_inert(aggregatio
     assert stats["kl"].item() == pytest.approx(expected_kl)
 
 
-def test_the_clip_binds_outside_the_band_when_old_logprobs_differ():
-    # rho per token: [1.5, 0.5] for A=+1 and [0.5, 1.1] for A=-1 (logp - old = log rho).
-    rho = [[1.5, 0.5], [0.5, 1.1]]
+@pytest.mark.parametrize("aggregation", ["grpo", "dapo", "dr_grpo"])
+def test_the_clip_binds_outside_the_band_when_old_logprobs_differ(aggregation):
+    # mu > 1: the rollout's log-probs are pi_old. rho per token (logp - old = log rho), 0 marks padding:
+    rho = [[1.5, 0.5, 1.0], [0.5, 1.1, 1.3]]
+    mask_rows = [[1, 1, 0], [1, 1, 1]]
     adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
-    logp = torch.tensor([[-1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    logp = torch.full((2, 3), -1.0, dtype=torch.float64, requires_grad=True)
     old = logp.detach() - torch.log(torch.tensor(rho, dtype=torch.float64))
-    mask = torch.ones(2, 2)
-    loss, stats = grpo_loss(logp, adv, mask, old_logp=old, epsilon=0.2)
-    # A>0: min(1.5, 1.2)*1 -> 1.2 (clipped), min(0.5, 0.8) -> 0.5 (not clipped);
-    # A<0: min(-0.5, -0.8) -> -0.8 (clipped), min(-1.1, -1.1) -> -1.1 (inside the band).
-    per_token = [[-1.2, -0.5], [0.8, 1.1]]
-    assert loss.item() == pytest.approx(sum(sum(r) / 2 for r in per_token) / 2)
-    assert stats["clip_ratio"].item() == pytest.approx(0.5)
+    loss, stats = grpo_loss(logp, adv, torch.tensor(mask_rows), old_logp=old, epsilon=0.2, aggregation=aggregation)
+    # A>0: min(1.5, 1.2) -> 1.2 (clipped), min(0.5, 0.8) -> 0.5 (below the band but not clipped for A>0);
+    # A<0: min(-0.5, -0.8) -> -0.8 (clipped), -1.1 (inside), min(-1.3, -1.2) -> -1.3 (not clipped for A<0).
+    per_token = [[-1.2, -0.5], [0.8, 1.1, 1.3]]
+    expected = {"grpo": (sum(per_token[0]) / 2 + sum(per_token[1]) / 3) / 2,
+                "dapo": (sum(per_token[0]) + sum(per_token[1])) / 5,
+                "dr_grpo": (sum(per_token[0]) + sum(per_token[1])) / (2 * 3)}[aggregation]
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    assert stats["clip_ratio"].item() == pytest.approx(2 / 5)
     loss.backward()
-    # Clipped tokens carry no gradient; the others -A * rho / (|o| * G).
-    assert logp.grad[0, 0].item() == 0.0 and logp.grad[1, 0].item() == 0.0
-    assert logp.grad[0, 1].item() == pytest.approx(-1.0 * 0.5 / 4)
-    assert logp.grad[1, 1].item() == pytest.approx(1.0 * 1.1 / 4)
+    # Clipped and padded tokens carry no gradient; the others -A * rho times the aggregation's weight.
+    for i, t in ((0, 0), (1, 0), (0, 2)):
+        assert logp.grad[i, t].item() == 0.0
+    for i, t in ((0, 1), (1, 1), (1, 2)):
+        weight = {"grpo": 1 / (sum(mask_rows[i]) * 2), "dapo": 1 / 5, "dr_grpo": 1 / 6}[aggregation]
+        assert logp.grad[i, t].item() == pytest.approx(-adv[i].item() * rho[i][t] * weight, rel=1e-9)
 
 
 def test_epsilon_high_widens_only_the_upper_bound():
