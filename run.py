@@ -1,7 +1,8 @@
 """The one entry point: `python run.py [group=option ...] [key=value ...]` (Hydra).
 
-    python run.py                                   # SFT of tiny_base on synthetic counting
-    python run.py task=geometry method.lr=1e-4      # another task, another lr
+    python run.py                                   # GRPO-D of tiny_base on synthetic counting
+    python run.py method=sft task=geometry          # SFT on another task
+    python run.py kl=constant method.lr=5e-5        # plain GRPO, another lr
     python run.py mode=eval model=tiny_base         # score a model, no training
     python run.py -m seed=1,2,3                     # a multirun
 """
