@@ -5,6 +5,7 @@
     python run.py kl=constant method.lr=5e-5        # plain GRPO, another lr
     python run.py mode=eval model=tiny_base         # score a model, no training
     python run.py -m seed=1,2,3                     # a multirun
+    python run.py sweeps=paper_grid                 # a grid of cells (sweeps/), no -m needed
 """
 
 from __future__ import annotations
@@ -26,16 +27,36 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> dict:
+    from hydra.types import RunMode
+
     from othink_mr1.runner import run
     from othink_mr1.utils.errors import USER_ERRORS
+    from othink_mr1.utils.run_dir import FINISHED_MARKER, record_failure
 
+    run_dir = Path(cfg.paths.run_dir)
+    outcome = {"run_dir": str(run_dir), "cell": cfg.cell}
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        try:
+            run(cfg, overrides=list(HydraConfig.get().overrides.task))
+        except USER_ERRORS as exc:
+            # Bad input: one clear line naming the key, file, row or folder; no traceback.
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        return {**outcome, "status": "finished"}
+
+    # One cell of a sweep: a finished cell is skipped (re-launching fills only the gaps), and a failure
+    # is recorded in the cell's error.json while the other cells go on.
+    if (run_dir / FINISHED_MARKER).exists():
+        print(f"[sweep] skip {run_dir.name}: finished", flush=True)
+        return {**outcome, "status": "skipped"}
     try:
         run(cfg, overrides=list(HydraConfig.get().overrides.task))
-    except USER_ERRORS as exc:
-        # Bad input: one clear line naming the key, file, row or folder; no traceback.
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - any failure of one cell must not stop the grid
+        error_file = record_failure(run_dir, exc, list(HydraConfig.get().overrides.task))
+        print(f"[sweep] FAILED {run_dir.name}: {exc} (details in {error_file})", file=sys.stderr, flush=True)
+        return {**outcome, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    return {**outcome, "status": "finished"}
 
 
 if __name__ == "__main__":

@@ -302,6 +302,11 @@ class Config:
     save_model: bool = True
     # Continue an unfinished run: true = its checkpoints/last.ckpt, or a checkpoint path.
     resume: Any = False
+    # Set by a sweep (sweeps/): the grid cell this job is (base, sft, grpo, grpo_d, ...); recorded in
+    # results.json for the report.
+    cell: str = ""
+    # Read by sweeps only: `seeds=3` runs seeds 1..3, `seeds=1,5` runs those seeds.
+    seeds: Any = None
 
 
 def register_configs() -> None:

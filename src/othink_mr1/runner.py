@@ -253,7 +253,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
             processor.save_pretrained(run_dir / "model")
 
         results = {
-            "run_name": cfg.run_name, "mode": cfg.mode, "task": cfg.task.name if train else None,
+            "run_name": cfg.run_name, "cell": cfg.cell or None, "mode": cfg.mode,
+            "task": cfg.task.name if train else None,
             "method": method_tag(cfg.method.name, cfg.kl.name) if train else None,
             "kl": cfg.kl.name if train else None, "model": cfg.model.name, "seed": cfg.seed,
             "ckpt": cfg.ckpt, "eval_tasks": dm.eval_names,

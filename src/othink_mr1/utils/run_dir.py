@@ -126,6 +126,24 @@ def record_resume(run_dir: Path, checkpoint: Path, root: Path, overrides: list[s
     return sum(1 for _ in log_file.open())
 
 
+ERROR_RECORD = "error.json"
+
+
+def record_failure(run_dir: Path, exc: BaseException, overrides: list[str] | None) -> Path:
+    """Write <run_dir>/error.json for a failed sweep cell (the report shows the cell as failed). A
+    re-launch moves it to attempts/ with the rest of the unfinished attempt, so nothing is lost."""
+    import traceback
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "error": f"{type(exc).__name__}: {exc}",
+              "overrides": overrides or [],
+              "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+    path = run_dir / ERROR_RECORD
+    write_json(path, record)
+    return path
+
+
 def write_json(path: Path, payload: Any) -> None:
     """Write via a temporary file, so a crash never leaves a half-written (or falsely final) file."""
     tmp = path.with_name(path.name + ".tmp")

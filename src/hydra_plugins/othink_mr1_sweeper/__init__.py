@@ -1,0 +1,1 @@
+"""Hydra plugins must live in the `hydra_plugins` namespace package; this one holds the cell sweeper."""

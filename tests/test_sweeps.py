@@ -1,0 +1,136 @@
+"""Sweeps as a config group: only valid (method, kl) cells, the row zero once, finished cells skipped on
+re-launch, failed cells recorded while the others finish, and the exit code counting failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from conftest import ROOT, compose_config
+from hydra_plugins.othink_mr1_sweeper import cell_sweeper
+
+SWEEPS = ROOT / "sweeps"
+CELL_SWEEPS = sorted(p.stem for p in SWEEPS.glob("*.yaml")
+                     if "cells" in (yaml.safe_load(p.read_text())["hydra"].get("sweeper") or {}))
+
+
+def sweeper_for(name: str) -> tuple[cell_sweeper.CellSweeper, dict]:
+    """The sweeper a sweep config declares (smoke inherits paper_grid's params)."""
+    spec = yaml.safe_load((SWEEPS / f"{name}.yaml").read_text())["hydra"]["sweeper"]
+    parents = [d for d in yaml.safe_load((SWEEPS / f"{name}.yaml").read_text()).get("defaults", [])
+               if isinstance(d, str) and d != "_self_"]
+    params = {}
+    for parent in parents:
+        params.update(yaml.safe_load((SWEEPS / f"{parent}.yaml").read_text())["hydra"]["sweeper"].get("params", {}))
+    params.update(spec.get("params", {}))
+    # Through the module at call time: Hydra's plugin scan re-executes plugin modules on composition.
+    return cell_sweeper.CellSweeper(params=params, cells=spec["cells"]), params
+
+
+def expand(name: str, *cli: str) -> list[list[str]]:
+    sweeper, params = sweeper_for(name)
+    args = [f"{k}={v}" for k, v in params.items()] + list(cli)
+    return sweeper.jobs(OverridesParser.create().parse_overrides(args))
+
+
+def test_paper_grid_is_base_once_plus_three_methods_per_task_and_seed():
+    jobs = expand("paper_grid")
+    assert len(jobs) == 1 + 3 * 2 * 3
+    base = [j for j in jobs if "cell=base" in j]
+    assert base == [["task=counting", "mode=eval", "cell=base"]]  # no seed: greedy eval, run once
+    for job in jobs:
+        if "method=sft" in job:
+            assert not any(o.startswith("kl=") for o in job)  # no SFT x KL-schedule product
+    cells = {(j[-1], next(o for o in j if o.startswith("task=")), next((o for o in j if o.startswith("seed=")), None))
+             for j in jobs}
+    assert len(cells) == len(jobs)  # every job is a distinct cell
+
+
+def test_seeds_override_sets_the_seed_axis():
+    assert {o for j in expand("paper_grid", "seeds=2") for o in j if o.startswith("seed=")} == {"seed=1", "seed=2"}
+    assert len(expand("paper_grid", "seeds=2")) == 1 + 3 * 2 * 2
+    assert {o for j in expand("paper_grid", "seeds=1,5") for o in j if o.startswith("seed=")} == {"seed=1", "seed=5"}
+    with pytest.raises(Exception, match="seeds=many"):
+        expand("paper_grid", "seeds=many")
+
+
+@pytest.mark.parametrize("name", CELL_SWEEPS)
+def test_every_cell_of_every_sweep_composes(name, tmp_path):
+    """Each cell's overrides compose into a valid config (checked before any job would start)."""
+    from othink_mr1.checks import check_config
+
+    seen = set()
+    for job in expand(name):
+        cell = job[-1]
+        if cell in seen:
+            continue
+        seen.add(cell)
+        cfg = compose_config([f"sweeps={name}", *job], output_dir=tmp_path, shrink=False)
+        check_config(cfg)
+        assert cfg.cell == cell.removeprefix("cell=")
+
+
+def test_ablation_cells_have_distinct_run_names(tmp_path):
+    for name in ("kl_ablation", "format_ablation", "kl_schedules"):
+        names = [compose_config([f"sweeps={name}", *job], output_dir=tmp_path, shrink=False).run_name
+                 for job in expand(name)]
+        assert len(set(names)) == len(names), names
+
+
+def _sweep(out: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OTHINK_OUTPUT_DIR=str(out), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               WANDB_MODE="offline")
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), "sweeps=smoke", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def test_smoke_sweep_finishes_every_cell_and_relaunch_fills_only_the_gaps(tmp_path):
+    first = _sweep(tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    grid = tmp_path / "sweeps" / "smoke"
+    finished = sorted(p.parent.name for p in grid.glob("*/results.json"))
+    assert finished == ["counting_grpo_d_tiny_seed1", "counting_grpo_tiny_seed1", "counting_sft_tiny_seed1",
+                        "eval_tiny_seed42", "geometry_grpo_d_tiny_seed1", "geometry_grpo_tiny_seed1",
+                        "geometry_sft_tiny_seed1"]
+    results = {p.parent.name: json.loads(p.read_text()) for p in grid.glob("*/results.json")}
+    assert results["eval_tiny_seed42"]["cell"] == "base"
+    assert {r["method"] for r in results.values()} == {None, "sft", "grpo", "grpo_d"}
+    for result in results.values():  # every cell is scored on every task
+        assert set(result["after"]) == {"counting", "geometry"}
+    assert "[sweep] 7 cells: 7 finished" in first.stdout
+
+    stamps = {p: p.stat().st_mtime_ns for p in grid.glob("*/results.json")}
+    second = _sweep(tmp_path)
+    assert second.returncode == 0
+    assert "[sweep] 7 cells: 7 skipped" in second.stdout
+    assert {p: p.stat().st_mtime_ns for p in grid.glob("*/results.json")} == stamps  # nothing trained
+
+    (grid / "geometry_sft_tiny_seed1" / "results.json").unlink()
+    third = _sweep(tmp_path)
+    assert third.returncode == 0
+    assert "[sweep] 7 cells: 1 finished, 6 skipped" in third.stdout
+    assert (grid / "geometry_sft_tiny_seed1" / "results.json").exists()
+    assert {p: p.stat().st_mtime_ns for p in grid.glob("*/results.json") if "geometry_sft" not in str(p)} == {
+        p: t for p, t in stamps.items() if "geometry_sft" not in str(p)}
+
+
+def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path):
+    broken = 'hydra.sweeper.cells.grpo=["method=grpo","kl=constant","task.synthetic.num_train=0"]'
+    out = _sweep(tmp_path, broken)
+    assert out.returncode == 2  # the grpo cell fails on both tasks: the exit code counts failed cells
+    assert "[sweep] 7 cells: 2 failed, 5 finished" in out.stdout
+    grid = tmp_path / "sweeps" / "smoke"
+    for task in ("counting", "geometry"):
+        cell = grid / f"{task}_grpo_tiny_seed1"
+        assert not (cell / "results.json").exists()
+        record = json.loads((cell / "error.json").read_text())
+        assert "num_train" in record["error"] or "empty" in record["error"]
+        assert (grid / f"{task}_grpo_d_tiny_seed1" / "results.json").exists()
+        assert (grid / f"{task}_sft_tiny_seed1" / "results.json").exists()
