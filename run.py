@@ -35,10 +35,11 @@ def main(cfg: DictConfig) -> dict:
     from othink_mr1.utils.run_dir import FINISHED_MARKER, record_failure
 
     run_dir = Path(cfg.paths.run_dir)
+    overrides = list(HydraConfig.get().overrides.task)
     outcome = {"run_dir": str(run_dir), "cell": cfg.cell}
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         try:
-            run(cfg, overrides=list(HydraConfig.get().overrides.task))
+            run(cfg, overrides=overrides)
         except USER_ERRORS as exc:
             # Bad input: one clear line naming the key, file, row or folder; no traceback.
             print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -51,9 +52,9 @@ def main(cfg: DictConfig) -> dict:
         print(f"[sweep] skip {run_dir.name}: finished", flush=True)
         return {**outcome, "status": "skipped"}
     try:
-        run(cfg, overrides=list(HydraConfig.get().overrides.task))
+        run(cfg, overrides=overrides)
     except Exception as exc:  # noqa: BLE001 - any failure of one cell must not stop the grid
-        error_file = record_failure(run_dir, exc, list(HydraConfig.get().overrides.task))
+        error_file = record_failure(run_dir, exc, overrides)
         print(f"[sweep] FAILED {run_dir.name}: {exc} (details in {error_file})", file=sys.stderr, flush=True)
         return {**outcome, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     return {**outcome, "status": "finished"}

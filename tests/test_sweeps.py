@@ -23,9 +23,9 @@ CELL_SWEEPS = sorted(p.stem for p in SWEEPS.glob("*.yaml")
 
 def sweeper_for(name: str) -> tuple[cell_sweeper.CellSweeper, dict]:
     """The sweeper a sweep config declares (smoke inherits paper_grid's params)."""
-    spec = yaml.safe_load((SWEEPS / f"{name}.yaml").read_text())["hydra"]["sweeper"]
-    parents = [d for d in yaml.safe_load((SWEEPS / f"{name}.yaml").read_text()).get("defaults", [])
-               if isinstance(d, str) and d != "_self_"]
+    sweep = yaml.safe_load((SWEEPS / f"{name}.yaml").read_text())
+    spec = sweep["hydra"]["sweeper"]
+    parents = [d for d in sweep.get("defaults", []) if isinstance(d, str) and d != "_self_"]
     params = {}
     for parent in parents:
         params.update(yaml.safe_load((SWEEPS / f"{parent}.yaml").read_text())["hydra"]["sweeper"].get("params", {}))

@@ -23,6 +23,7 @@ them and the process exits with the number of failed cells (capped at 100), 0 wh
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter, OrderedDict
 from typing import Any, Dict, List, Optional
@@ -75,8 +76,6 @@ class CellSweeper(BasicSweeper):
 
     def jobs(self, overrides: List[Override]) -> List[List[str]]:
         """Every (axes combination) x (cell) job, row zero once, duplicates dropped, order kept."""
-        import itertools
-
         axes = self.axes(overrides)
         first_task = axes["task"][0] if "task" in axes else None
         jobs, seen = [], set()

@@ -107,11 +107,14 @@ class GRPOModule(TrainableModule):
         logits = model(**rollout.inputs, logits_to_keep=length + 1).logits[:, :-1]
         return token_log_probs(logits, rollout.completion_ids, self.method.temperature)
 
-    def build_rollout(self, batch: dict[str, Any], completion_ids: torch.Tensor) -> Rollout:
-        """Score sampled completions of a prompt micro-batch and prepare everything the loss needs."""
+    def build_rollout(self, batch: dict[str, Any], completion_ids: torch.Tensor,
+                      prompts: dict[str, torch.Tensor] | None = None) -> Rollout:
+        """Score sampled completions of a prompt micro-batch and prepare everything the loss needs.
+        `prompts` is the batch already repeated G times (as sampled), when the caller has it."""
         m, tok = self.method, self.processor.tokenizer
         G = m.num_generations
-        prompts = repeat_prompts(batch, G)
+        if prompts is None:
+            prompts = repeat_prompts(batch, G)
         mask = completion_mask(completion_ids, tok.eos_token_id)
         inputs = dict(prompts)
         inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids], dim=1)
@@ -141,7 +144,7 @@ class GRPOModule(TrainableModule):
     # ------------------------------------------------------------------------------------ update
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         prompts = repeat_prompts(batch, self.method.num_generations)
-        self._buffer.append(self.build_rollout(batch, self.sample(prompts)))
+        self._buffer.append(self.build_rollout(batch, self.sample(prompts), prompts))
         self.samples_seen += len(batch["meta"]["answers"]) * self.trainer.world_size
         if len(self._buffer) == self.method.accumulate_grad_batches:
             rollouts, self._buffer = self._buffer, []
