@@ -83,6 +83,26 @@ def tiny(tmp_path_factory):
     return load_model(cfg.model, str(CACHE))
 
 
+def run_smoke_sweep(out: Path, *args: str) -> "subprocess.CompletedProcess":
+    """`python run.py sweeps=smoke ARGS` in a subprocess, its outputs under `out`."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OTHINK_OUTPUT_DIR=str(out), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               WANDB_MODE="offline")
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), "sweeps=smoke", *args], capture_output=True,
+                          text=True, env=env, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def smoke_grid(tmp_path_factory):
+    """The smoke sweep run once per session, logged to wandb offline too: (process, grid folder).
+    Tests that change the grid work on a copy."""
+    out = tmp_path_factory.mktemp("smoke")
+    process = run_smoke_sweep(out, "logger=wandb")
+    return process, out / "sweeps" / "smoke"
+
+
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", default=False,
                      help="rewrite tests/golden/*.yaml from the current configs (review the diff!)")

@@ -4,16 +4,15 @@ re-launch, failed cells recorded while the others finish, and the exit code coun
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from conftest import ROOT, compose_config
+from conftest import ROOT, compose_config, run_smoke_sweep
 from hydra_plugins.othink_mr1_sweeper import cell_sweeper
 
 SWEEPS = ROOT / "sweeps"
@@ -85,16 +84,15 @@ def test_ablation_cells_have_distinct_run_names(tmp_path):
 
 
 def _sweep(out: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OTHINK_OUTPUT_DIR=str(out), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               WANDB_MODE="offline")
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), "sweeps=smoke", *args], capture_output=True,
-                          text=True, env=env, timeout=600)
+    return run_smoke_sweep(out, *args)
 
 
-def test_smoke_sweep_finishes_every_cell_and_relaunch_fills_only_the_gaps(tmp_path):
-    first = _sweep(tmp_path)
+def test_smoke_sweep_finishes_every_cell_and_relaunch_fills_only_the_gaps(smoke_grid, tmp_path):
+    first, shared = smoke_grid
     assert first.returncode == 0, first.stderr[-2000:]
+    # Re-launched from a copy: the session's grid stays as the first launch left it.
     grid = tmp_path / "sweeps" / "smoke"
+    shutil.copytree(shared, grid)
     finished = sorted(p.parent.name for p in grid.glob("*/results.json"))
     assert finished == ["counting_grpo_d_tiny_seed1", "counting_grpo_tiny_seed1", "counting_sft_tiny_seed1",
                         "eval_tiny_seed42", "geometry_grpo_d_tiny_seed1", "geometry_grpo_tiny_seed1",
@@ -107,13 +105,13 @@ def test_smoke_sweep_finishes_every_cell_and_relaunch_fills_only_the_gaps(tmp_pa
     assert "[sweep] 7 cells: 7 finished" in first.stdout
 
     stamps = {p: p.stat().st_mtime_ns for p in grid.glob("*/results.json")}
-    second = _sweep(tmp_path)
+    second = _sweep(tmp_path, "logger=wandb")
     assert second.returncode == 0
     assert "[sweep] 7 cells: 7 skipped" in second.stdout
     assert {p: p.stat().st_mtime_ns for p in grid.glob("*/results.json")} == stamps  # nothing trained
 
     (grid / "geometry_sft_tiny_seed1" / "results.json").unlink()
-    third = _sweep(tmp_path)
+    third = _sweep(tmp_path, "logger=wandb")
     assert third.returncode == 0
     assert "[sweep] 7 cells: 1 finished, 6 skipped" in third.stdout
     assert (grid / "geometry_sft_tiny_seed1" / "results.json").exists()
@@ -134,3 +132,9 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path):
         assert "num_train" in record["error"] or "empty" in record["error"]
         assert (grid / f"{task}_grpo_d_tiny_seed1" / "results.json").exists()
         assert (grid / f"{task}_sft_tiny_seed1" / "results.json").exists()
+    # The report places the failed cell in its row, as failed, from the error record run.py wrote.
+    from othink_mr1.report.runs import load_run_dirs
+    from othink_mr1.report.tables import same_task_table
+
+    grpo = next(r for r in same_task_table(load_run_dirs(grid)).rows if r[1] == "grpo")
+    assert grpo[2:] == ["1 failed", "1 failed"]

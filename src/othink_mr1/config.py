@@ -305,6 +305,8 @@ class Config:
     # Set by a sweep (sweeps/): the grid cell this job is (base, sft, grpo, grpo_d, ...); recorded in
     # results.json for the report.
     cell: str = ""
+    # Set by a sweep: its name (paper_grid, smoke, ...), the wandb group unless logger.group is set.
+    sweep: str = ""
     # Read by sweeps only: `seeds=3` runs seeds 1..3, `seeds=1,5` runs those seeds.
     seeds: Any = None
 

@@ -54,9 +54,28 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, resumes: int) -> list[Any]:
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What a run is, as results.json, error.json, the wandb config and the report name it: the same
+    keys everywhere, so a report built from run directories and one built from wandb agree."""
+    train = cfg.mode == "train"
+    return {
+        "run_name": cfg.run_name, "sweep": cfg.sweep or None, "cell": cfg.cell or None, "mode": cfg.mode,
+        "task": cfg.task.name if train else None,
+        "method": method_tag(cfg.method.name, cfg.kl.name) if train else None,
+        "kl": cfg.kl.name if train else None, "model": cfg.model.name, "seed": cfg.seed, "tag": cfg.tag or None,
+    }
+
+
+def wandb_tags(identity: dict[str, Any]) -> list[str]:
+    """key:value tags the wandb UI filters on: task, method, kl, seed (and model, mode, cell)."""
+    keys = ("task", "method", "kl", "seed", "model", "cell") if identity["mode"] == "train" else ("mode", "model", "cell")
+    return [f"{k}:{identity[k]}" for k in keys if identity.get(k) is not None]
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, resumes: int, eval_tasks: list[str]) -> list[Any]:
     from pytorch_lightning.loggers import CSVLogger
 
+    identity = run_identity(cfg)
     # Lightning's CSV writer deletes an existing metrics.csv: a resumed attempt writes beside it.
     loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="csv", version=f"resume_{resumes}" if resumes else "")]
     if cfg.logger.wandb:
@@ -64,21 +83,37 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resumes: int) -> list[Any]:
 
         id_file = run_dir / "wandb_run_id"
         run_id = id_file.read_text().strip() if resumes and id_file.exists() else None
+        # One wandb run per cell: group = the sweep, job_type = the method, key:value tags.
         wandb_logger = WandbLogger(
-            name=cfg.run_name, project=cfg.logger.project, entity=cfg.logger.entity, group=cfg.logger.group,
-            save_dir=str(run_dir), mode=cfg.logger.mode, tags=list(cfg.logger.tags) or None,
+            name=cfg.run_name, project=cfg.logger.project, entity=cfg.logger.entity,
+            group=cfg.logger.group or cfg.sweep or None, job_type=identity["method"] or "eval",
+            save_dir=str(run_dir), mode=cfg.logger.mode, tags=wandb_tags(identity) + list(cfg.logger.tags),
             id=run_id, resume="allow" if run_id else None,
         )
         if rank_zero_only.rank == 0:
             id_file.write_text(str(wandb_logger.version))
         loggers.append(wandb_logger)
-    # Top-level task/method/model/seed let the wandb UI group and filter runs.
-    params = {"task": cfg.task.name, "method": method_tag(cfg.method.name, cfg.kl.name), "model": cfg.model.name,
-              "seed": cfg.seed, "mode": cfg.mode, "run_name": cfg.run_name,
-              "config": OmegaConf.to_container(cfg, resolve=True)}
+    # The identity keys at the top level (the wandb UI groups and filters on them), and the resolved
+    # config as a plain nested dict.
+    params = {**identity, "eval_tasks": list(eval_tasks), "config": OmegaConf.to_container(cfg, resolve=True)}
     for lg in loggers:
         lg.log_hyperparams(params)
     return loggers
+
+
+def write_wandb_summary(loggers: list[Any], results: dict[str, Any]) -> None:
+    """eval/<task>/acc for every eval task (and the row zero's, when measured) in the wandb summary."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    summary: dict[str, Any] = {"status": "finished", "seconds": results["seconds"]}
+    for stage, prefix in (("after", "eval"), ("before", "row_zero")):
+        for task, scores in (results.get(stage) or {}).items():
+            summary[f"{prefix}/{task}/acc"] = scores["accuracy"]
+    if results.get("train"):
+        summary["train/seconds"] = results["train"]["seconds"]
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.summary.update(summary)
 
 
 @contextlib.contextmanager
@@ -235,7 +270,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
                        write_completions=cfg.eval.write_completions)
     module = build_module(cfg, model, processor, budget, train_loader.position if train else None, eval_kwargs)
     with wandb_closed():
-        loggers = build_loggers(cfg, run_dir, resumes)
+        loggers = build_loggers(cfg, run_dir, resumes, dm.eval_names)
         trainer = build_trainer(cfg, run_dir, loggers, budget)
         before = row_zero(trainer, module, dm, run_dir) if (train and cfg.eval.row_zero) else None
         train_seconds = None
@@ -253,11 +288,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
             processor.save_pretrained(run_dir / "model")
 
         results = {
-            "run_name": cfg.run_name, "cell": cfg.cell or None, "mode": cfg.mode,
-            "task": cfg.task.name if train else None,
-            "method": method_tag(cfg.method.name, cfg.kl.name) if train else None,
-            "kl": cfg.kl.name if train else None, "model": cfg.model.name, "seed": cfg.seed,
-            "ckpt": cfg.ckpt, "eval_tasks": dm.eval_names,
+            **run_identity(cfg), "ckpt": cfg.ckpt, "eval_tasks": dm.eval_names,
             "prompts": {n: {"prompt": t.prompt, "eval_prompt": t.eval_prompt or t.prompt} for n, t in eval_tasks.items()},
             "before": before, "after": after,
             "train": ({"steps": int(trainer.global_step), "samples": module.samples_seen, "seconds": train_seconds,
@@ -267,6 +298,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
         }
         if trainer.is_global_zero:
             # Written last: its presence marks the run finished (and protects it from reruns).
+            write_wandb_summary(loggers, results)
             write_json(run_dir / FINISHED_MARKER, results)
             print(results_table(results), flush=True)
     return results

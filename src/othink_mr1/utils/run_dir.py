@@ -129,14 +129,16 @@ def record_resume(run_dir: Path, checkpoint: Path, root: Path, overrides: list[s
 ERROR_RECORD = "error.json"
 
 
-def record_failure(run_dir: Path, exc: BaseException, overrides: list[str] | None) -> Path:
+def record_failure(run_dir: Path, exc: BaseException, overrides: list[str] | None,
+                   identity: dict[str, Any] | None = None) -> Path:
     """Write <run_dir>/error.json for a failed sweep cell (the report shows the cell as failed). A
     re-launch moves it to attempts/ with the rest of the unfinished attempt, so nothing is lost."""
     import traceback
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "error": f"{type(exc).__name__}: {exc}",
+    # `identity` (runner.run_identity) lets the report place the failed cell in its tables.
+    record = {**(identity or {}), "status": "failed", "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "error": f"{type(exc).__name__}: {exc}",
               "overrides": overrides or [],
               "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
     path = run_dir / ERROR_RECORD

@@ -1,0 +1,257 @@
+"""Finished, failed and unfinished runs from any source, as one record type the tables read.
+
+Sources:
+  - a sweep directory (outputs/sweeps/NAME) or any folder of run directories: results.json for a
+    finished run, error.json for a failed one, config.yaml alone for one that started and never ended;
+    the sweep's multirun.yaml adds the cells that never started;
+  - a folder of wandb offline runs (`wandb-offline:PATH`, or PATH when it holds no run directories);
+  - `wandb:ENTITY/PROJECT` through the wandb API, for runs synced online.
+Every source yields the same RunResult for the same run, so the tables built from them are identical.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..config import method_tag
+from ..utils.errors import ConfigError
+
+# The metrics the figures draw, by their logged names.
+CURVE_METRICS = ("train/reward", "train/kl", "train/beta")
+BASE_ROW = "base"
+
+
+@dataclass
+class RunResult:
+    run_name: str
+    mode: str  # train | eval
+    model: str
+    status: str  # finished | failed | unfinished | missing
+    sweep: str | None = None
+    cell: str | None = None
+    task: str | None = None  # the trained task (None for an evaluation)
+    method: str | None = None  # sft | grpo | grpo_d | grpo_kl-<schedule>
+    kl: str | None = None
+    seed: int | None = None
+    tag: str | None = None
+    accuracy: dict[str, float] = field(default_factory=dict)  # eval task -> accuracy in [0, 1]
+    seconds: float | None = None
+    train_seconds: float | None = None
+    error: str | None = None
+    # metric -> [(optimizer step, value)], for the figures; filled by sources that have them.
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    @property
+    def row(self) -> str:
+        """The table row: the base model (an evaluation, the row zero) or the training method."""
+        return BASE_ROW if self.mode == "eval" else (self.method or "?")
+
+    @property
+    def label(self) -> str:
+        """The cell as a sweep names it (base, sft, beta_0.01, ...), else its row."""
+        return self.cell or self.row
+
+
+def _identity(payload: dict[str, Any]) -> dict[str, Any]:
+    keys = ("run_name", "mode", "model", "sweep", "cell", "task", "method", "kl", "seed", "tag")
+    out = {k: payload.get(k) for k in keys}
+    out["seed"] = int(out["seed"]) if out["seed"] is not None else None
+    return out
+
+
+def _identity_from_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A run's identity from its resolved config.yaml (runs that never wrote results.json)."""
+    train = cfg.get("mode") == "train"
+    return _identity({
+        "run_name": cfg.get("run_name"), "mode": cfg.get("mode"), "model": (cfg.get("model") or {}).get("name"),
+        "sweep": cfg.get("sweep") or None, "cell": cfg.get("cell") or None,
+        "task": (cfg.get("task") or {}).get("name") if train else None,
+        "method": method_tag(cfg["method"]["name"], cfg["kl"]["name"]) if train else None,
+        "kl": cfg["kl"]["name"] if train else None, "seed": cfg.get("seed"), "tag": cfg.get("tag") or None,
+    })
+
+
+# ---------------------------------------------------------------------------------- run dirs
+
+
+def read_csv_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """train/reward, train/kl, train/beta per optimizer step from csv/metrics.csv (and resumed parts)."""
+    curves: dict[str, dict[int, float]] = {m: {} for m in CURVE_METRICS}
+    files = sorted((run_dir / "csv").glob("**/metrics.csv"), key=lambda p: (p.parent != run_dir / "csv", str(p)))
+    for path in files:
+        with path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                for metric in CURVE_METRICS:
+                    value = row.get(metric)
+                    if value not in (None, "") and row.get("step") not in (None, ""):
+                        curves[metric][int(float(row["step"]))] = float(value)
+    return {m: sorted(points.items()) for m, points in curves.items() if points}
+
+
+def read_run_dir(run_dir: Path, with_curves: bool = True) -> RunResult | None:
+    """A run directory as a RunResult; None when the folder is not a run (no record of any kind)."""
+    results, error, config = run_dir / "results.json", run_dir / "error.json", run_dir / "config.yaml"
+    if results.exists():
+        payload = json.loads(results.read_text())
+        result = RunResult(**_identity(payload), status="finished",
+                           accuracy={t: s["accuracy"] for t, s in (payload.get("after") or {}).items()},
+                           seconds=payload.get("seconds"), train_seconds=(payload.get("train") or {}).get("seconds"))
+    elif error.exists():
+        payload = json.loads(error.read_text())
+        if payload.get("mode") is None and config.exists():
+            import yaml
+
+            payload = {**_identity_from_config(yaml.safe_load(config.read_text())), **payload}
+        if payload.get("mode") is None:  # an error record from before identities were written
+            payload = {**payload, "run_name": run_dir.name, "mode": "train", "model": "?"}
+        payload = {"run_name": run_dir.name, **{k: v for k, v in payload.items() if v is not None}}
+        result = RunResult(**_identity(payload), status="failed", error=payload.get("error"))
+    elif config.exists():
+        import yaml
+
+        result = RunResult(**_identity(_identity_from_config(yaml.safe_load(config.read_text()))), status="unfinished")
+    else:
+        return None
+    if with_curves and result.mode == "train":
+        result.curves = read_csv_curves(run_dir)
+    return result
+
+
+def planned_cells(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The cells a sweep planned, from its multirun.yaml: [{cell, task, seed}] (row zero: no seed)."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.exists():
+        return []
+    import yaml
+
+    hydra = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
+    sweeper = hydra.get("sweeper") or {}
+    if not sweeper.get("cells"):
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.othink_mr1_sweeper.cell_sweeper import CellSweeper
+
+    # The sweep's own params, then the command line's overrides (seeds=..., task axes).
+    args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    args += [o for o in hydra.get("overrides", {}).get("task", []) if o.split("=")[0] in ("task", "seed", "seeds")]
+    jobs = CellSweeper(params=None, cells=sweeper["cells"]).jobs(OverridesParser.create().parse_overrides(args))
+    out = []
+    for job in jobs:
+        values = dict(o.split("=", 1) for o in job)
+        out.append({"cell": values["cell"], "eval": "mode=eval" in job,
+                    "task": None if "mode=eval" in job else values.get("task"),
+                    "seed": int(values["seed"]) if "seed" in values and "mode=eval" not in job else None})
+    return out
+
+
+def load_run_dirs(folder: Path, with_curves: bool = True) -> list[RunResult]:
+    """Every run directory directly under `folder` (a sweep) or `folder` itself (one run), plus the
+    sweep's planned cells that have no directory, as status "missing"."""
+    folder = Path(folder)
+    candidates = [folder] + sorted(p for p in folder.iterdir() if p.is_dir())
+    results = [r for r in (read_run_dir(p, with_curves) for p in candidates) if r is not None]
+    seen = {(r.cell, r.task if r.mode == "train" else None, r.seed if r.mode == "train" else None) for r in results}
+    model = results[0].model if results else "?"
+    for plan in planned_cells(folder):
+        key = (plan["cell"], plan["task"], plan["seed"])
+        if key not in seen:
+            where = "" if plan["eval"] else f" {plan['task']} seed {plan['seed']}"
+            results.append(RunResult(run_name=f"{plan['cell']}{where} (never started)", mode="eval" if plan["eval"] else "train",
+                                     model=model, status="missing", sweep=folder.name, cell=plan["cell"],
+                                     task=plan["task"], seed=plan["seed"]))
+    return results
+
+
+# ---------------------------------------------------------------------------------- wandb
+
+
+def run_from_wandb(config: dict[str, Any], summary: dict[str, Any], exit_code: int | None,
+                   history: Iterable[dict[str, Any]] = ()) -> RunResult | None:
+    """A wandb run (offline or from the API) as a RunResult; None for runs this project did not log."""
+    if "run_name" not in config or "mode" not in config:
+        return None
+    ident = _identity(config)
+    eval_tasks = config.get("eval_tasks") or []
+    accuracy = {t: float(summary[f"eval/{t}/acc"]) for t in eval_tasks if summary.get(f"eval/{t}/acc") is not None}
+    if summary.get("status") == "finished":
+        status = "finished"
+    elif exit_code not in (None, 0) or summary.get("status") == "failed":
+        status = "failed"
+    else:
+        status = "unfinished"
+    result = RunResult(**ident, status=status, accuracy=accuracy if status == "finished" else {},
+                       seconds=summary.get("seconds"), train_seconds=summary.get("train/seconds"),
+                       error=summary.get("error"))
+    curves: dict[str, dict[int, float]] = {m: {} for m in CURVE_METRICS}
+    for row in history:
+        step = row.get("trainer/global_step", row.get("_step"))
+        for metric in CURVE_METRICS:
+            value = row.get(metric)
+            if value is not None and step is not None and not (isinstance(value, float) and math.isnan(value)):
+                curves[metric][int(step)] = float(value)
+    result.curves = {m: sorted(p.items()) for m, p in curves.items() if p}
+    return result
+
+
+def load_wandb_offline(folder: Path, group: str | None = None) -> list[RunResult]:
+    from .wandb_offline import read_offline_runs
+
+    out = []
+    for run in read_offline_runs(folder):
+        if group and run.group != group:
+            continue
+        result = run_from_wandb(run.config, run.summary, run.exit_code, run.history)
+        if result is not None:
+            out.append(result)
+    if not out:
+        raise ConfigError(f"{folder}: no wandb offline runs of this project"
+                          + (f" in group {group!r}" if group else "") + " (looked for **/run-*.wandb)")
+    return out
+
+
+def load_wandb_api(path: str, group: str | None = None, api_factory: Callable[[], Any] | None = None) -> list[RunResult]:
+    """Runs of ENTITY/PROJECT (optionally one group) through wandb.Api; `api_factory` is for tests."""
+    if path.count("/") != 1:
+        raise ConfigError(f"wandb:{path}: expected wandb:ENTITY/PROJECT")
+    if api_factory is None:
+        import wandb
+
+        api_factory = wandb.Api
+    filters = {"group": group} if group else {}
+    out = []
+    for run in api_factory().runs(path, filters=filters):
+        state = getattr(run, "state", None)
+        history = run.scan_history(keys=None) if hasattr(run, "scan_history") else []
+        result = run_from_wandb(dict(run.config), dict(run.summary), 1 if state in ("failed", "crashed") else None,
+                                history)
+        if result is not None:
+            out.append(result)
+    if not out:
+        raise ConfigError(f"wandb:{path}: no runs of this project" + (f" in group {group!r}" if group else ""))
+    return out
+
+
+def load_source(source: str, group: str | None = None, with_curves: bool = True) -> list[RunResult]:
+    """SOURCE: a sweep (or run) directory, `wandb-offline:PATH`, a folder of wandb offline runs, or
+    `wandb:ENTITY/PROJECT`."""
+    if source.startswith("wandb:"):
+        return load_wandb_api(source[len("wandb:"):], group)
+    if source.startswith("wandb-offline:"):
+        return load_wandb_offline(Path(source[len("wandb-offline:"):]), group)
+    path = Path(source)
+    if not path.is_dir():
+        raise ConfigError(f"{source}: no such directory (expected a sweep directory, wandb-offline:PATH or "
+                          "wandb:ENTITY/PROJECT)")
+    runs = load_run_dirs(path, with_curves)
+    if runs:
+        return [r for r in runs if group is None or r.sweep == group]
+    if any(path.rglob("run-*.wandb")):
+        return load_wandb_offline(path, group)
+    raise ConfigError(f"{source}: holds no run directories (results.json, error.json or config.yaml) and no "
+                      "wandb offline runs")

@@ -1,0 +1,260 @@
+"""The paper's tables from RunResults: Table 1 (same task), the cross-task table, ablation tables and a
+per-run listing; rendered as Markdown, CSV and LaTeX.
+
+Accuracy is shown in percent, mean +- sample std over seeds with n. Cells that failed, never finished
+or never started are shown as such (with how many), never dropped. Relative change is the paper's
+(x - y) / y on the means (report/relative.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from .paper import CROSS_TASK_2B, TABLE1
+from .relative import format_relative, relative_change
+from .runs import BASE_ROW, RunResult
+
+# The paper's row order in Table 1; other rows (ablation cells, other schedules) follow in sweep order.
+PAPER_ROWS = (BASE_ROW, "grpo", "sft", "grpo_d")
+# Our task names -> the paper's columns.
+PAPER_TASK = {"counting": "counting", "clevr_count": "counting", "geometry": "geometry", "geoqa": "geometry"}
+PAPER_DEFAULT_MODEL = "qwen2_vl_2b_instruct"
+NOT_FINISHED = ("failed", "unfinished", "missing")
+
+
+@dataclass
+class Stat:
+    """Accuracies of one table cell over seeds, plus the runs that did not finish."""
+
+    values: list[float] = field(default_factory=list)
+    not_finished: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if self.n > 1 else math.nan
+
+    def text(self) -> str:
+        status = ", ".join(f"{count} {what}" for what, count in sorted(self.not_finished.items()))
+        if not self.values:
+            return status or "missing"
+        spread = f" ± {100 * self.std:.2f}" if self.n > 1 else ""
+        return f"{100 * self.mean:.2f}{spread} (n={self.n}{', ' + status if status else ''})"
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    best: set[tuple[int, int]] = field(default_factory=set)  # (row, column) marked best
+    notes: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------------------- renderers
+    def markdown(self) -> str:
+        def cell(i: int, j: int, text: str) -> str:
+            return f"**{text}**" if (i, j) in self.best else text
+
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
+                 "|" + "|".join(" --- " for _ in self.columns) + "|"]
+        lines += ["| " + " | ".join(cell(i, j, t) for j, t in enumerate(row)) + " |" for i, row in enumerate(self.rows)]
+        lines += [""] + [f"_{note}_" for note in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(self.columns)
+        for i, row in enumerate(self.rows):
+            writer.writerow([f"{t} *" if (i, j) in self.best else t for j, t in enumerate(row)])
+        return out.getvalue()
+
+    def latex(self) -> str:
+        def esc(text: str) -> str:
+            for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                         ("±", r"$\pm$"), ("→", r"$\rightarrow$")):
+                text = text.replace(a, b)
+            return text
+
+        def cell(i: int, j: int, text: str) -> str:
+            return rf"\textbf{{{esc(text)}}}" if (i, j) in self.best else esc(text)
+
+        lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(self.title)}}}",
+                 r"\begin{tabular}{" + "l" * len(self.columns) + "}", r"\toprule",
+                 " & ".join(esc(c) for c in self.columns) + r" \\", r"\midrule"]
+        lines += [" & ".join(cell(i, j, t) for j, t in enumerate(row)) + r" \\" for i, row in enumerate(self.rows)]
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def ordered(items: list[str], first: tuple[str, ...] = ()) -> list[str]:
+    """Unique items, `first` ones first in that order, the rest in order of appearance."""
+    seen = list(dict.fromkeys(items))
+    return [x for x in first if x in seen] + [x for x in seen if x not in first]
+
+
+def row_key(run: RunResult) -> str:
+    """The row a run belongs to: base for any evaluation of the starting model, else its cell (sweeps)
+    or its method (plain runs, with their tag)."""
+    if run.mode == "eval":
+        return BASE_ROW
+    return run.label + (f"_{run.tag}" if run.tag and not run.cell else "")
+
+
+def stat(runs: list[RunResult], task: str) -> Stat:
+    """Accuracy on `task` over the given runs (the seeds of one cell)."""
+    s = Stat()
+    for run in runs:
+        if run.status == "finished" and task in run.accuracy:
+            s.values.append(float(run.accuracy[task]))
+        elif run.status in NOT_FINISHED:
+            s.not_finished[run.status] = s.not_finished.get(run.status, 0) + 1
+    return s
+
+
+def index_runs(runs: list[RunResult]) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """Models, row keys per model (paper order first), and the trained tasks, in a stable order."""
+    models = ordered([r.model for r in runs])
+    rows = {m: ordered([row_key(r) for r in runs if r.model == m], PAPER_ROWS) for m in models}
+    tasks = ordered([r.task for r in runs if r.task])
+    return models, rows, tasks
+
+
+def _runs(runs: list[RunResult], model: str, key: str, task: str | None = None) -> list[RunResult]:
+    """The runs of one row; the base row (an evaluation) serves every trained task."""
+    return [r for r in runs if r.model == model and row_key(r) == key
+            and (r.mode == "eval" or task is None or r.task == task)]
+
+
+def _paper_model(model: str) -> str:
+    return model if model in TABLE1 else PAPER_DEFAULT_MODEL
+
+
+def _mark_best(table: Table, column: int, means: dict[int, float]) -> None:
+    finite = {i: v for i, v in means.items() if not math.isnan(v)}
+    if finite:
+        top = max(finite.values())
+        table.best |= {(i, column) for i, v in finite.items() if v == top}
+
+
+# ------------------------------------------------------------------------------------- tables
+
+
+def same_task_table(runs: list[RunResult], paper: bool = False) -> Table | None:
+    """Table 1: accuracy on the trained task, per model and row; the best per model and column marked."""
+    models, rows, tasks = index_runs(runs)
+    if not tasks:
+        return None
+    ablation = any(k not in PAPER_ROWS for m in models for k in rows[m])
+    columns = ["model", "cell" if ablation else "method"]
+    for task in tasks:
+        columns.append(task)
+        if paper:
+            columns += [f"{task} (paper)", f"{task} Δ"]
+    first_trained = {m: next((k for k in rows[m] if k != BASE_ROW), None) for m in models}
+    if ablation:
+        columns += [f"{t} vs {first_trained[models[0]]}" for t in tasks]
+    table = Table(title=("Ablation: accuracy (%) on the trained task" if ablation else
+                         "Table 1: accuracy (%) on the trained task (same-task)"), columns=columns, rows=[])
+    for model in models:
+        means: dict[int, dict[int, float]] = {}
+        for key in rows[model]:
+            line, i = [model, key], len(table.rows)
+            for task in tasks:
+                s = stat(_runs(runs, model, key, task), task)
+                means.setdefault(len(line), {})[i] = s.mean
+                line.append(s.text())
+                if paper:
+                    published = TABLE1[_paper_model(model)].get(key, {}).get(PAPER_TASK.get(task, ""))
+                    line.append("—" if published is None else f"{published:.2f}")
+                    line.append("—" if published is None or model not in TABLE1 or not s.values
+                                else f"{100 * s.mean - published:+.2f}")
+            if ablation:
+                for task in tasks:
+                    ref = stat(_runs(runs, model, first_trained[model], task), task).mean
+                    line.append(format_relative(relative_change(stat(_runs(runs, model, key, task), task).mean, ref))
+                                if key != BASE_ROW else "—")
+            table.rows.append(line)
+        for column, column_means in means.items():
+            _mark_best(table, column, column_means)
+    table.notes.append("mean ± sample std over seeds, n = finished runs; best per model and column in bold")
+    if paper:
+        table.notes.append(f"paper: OThink-MR1 Table 1 for the same model, else {PAPER_DEFAULT_MODEL}; "
+                           "Δ = ours − paper in points, only for the same model")
+    return table
+
+
+def cross_task_table(runs: list[RunResult], paper: bool = False) -> Table | None:
+    """Train on one task, evaluate on another: accuracy and the relative change vs base and vs SFT."""
+    models, rows, tasks = index_runs(runs)
+    eval_tasks = ordered([t for r in runs for t in r.accuracy] + tasks)
+    pairs = [(t, e) for t in tasks for e in eval_tasks if e != t]
+    if not pairs:
+        return None
+    has_sft = any("sft" in rows[m] for m in models)
+    columns = ["model", "train → eval", "method", "accuracy", "vs base"] + (["vs SFT"] if has_sft else [])
+    if paper:
+        columns += ["paper", "paper vs base"]
+    table = Table(title="Cross-task: accuracy (%) on the task not trained on", columns=columns, rows=[])
+    for model in models:
+        for train_task, eval_task in pairs:
+            base = stat(_runs(runs, model, BASE_ROW), eval_task)
+            sft = stat(_runs(runs, model, "sft", train_task), eval_task)
+            column_means: dict[int, float] = {}
+            for key in rows[model]:
+                s = base if key == BASE_ROW else stat(_runs(runs, model, key, train_task), eval_task)
+                i = len(table.rows)
+                column_means[i] = s.mean
+                line = [model, f"{train_task} → {eval_task}", key, s.text(),
+                        "—" if key == BASE_ROW else format_relative(relative_change(s.mean, base.mean))]
+                if has_sft:
+                    line.append("—" if key in (BASE_ROW, "sft") else format_relative(relative_change(s.mean, sft.mean)))
+                if paper:
+                    published = CROSS_TASK_2B.get((PAPER_TASK.get(train_task), PAPER_TASK.get(eval_task)), {})
+                    value, base_value = published.get(key), published.get(BASE_ROW)
+                    line += ["—" if value is None else f"{value:.2f}",
+                             "—" if value is None or key == BASE_ROW else format_relative(relative_change(value, base_value))]
+                table.rows.append(line)
+            _mark_best(table, 3, column_means)
+    table.notes.append("relative change = (x − y) / y on the means, as the paper defines it; best per pair in bold")
+    if paper:
+        table.notes.append("paper: Qwen2-VL-2B values implied by the paper's stated relative changes (it prints no "
+                           "absolute cross-task numbers)")
+    return table
+
+
+def runs_table(runs: list[RunResult]) -> Table:
+    """Every run: status, time and accuracy on every eval task (how long each cell took)."""
+    models, rows, _ = index_runs(runs)
+    eval_tasks = ordered([t for r in runs for t in r.accuracy])
+    table = Table(title="Runs", columns=["run", "cell", "task", "seed", "status", "train s", "total s", *eval_tasks], rows=[])
+    order = {(m, k): i for i, (m, k) in enumerate((m, k) for m in models for k in rows[m])}
+    for run in sorted(runs, key=lambda r: (order[(r.model, row_key(r))], r.task or "", r.seed or 0, r.run_name)):
+        line = [run.run_name, row_key(run), run.task or "—", "—" if run.seed is None or run.mode == "eval" else str(run.seed),
+                run.status + (f": {run.error}" if run.error else ""),
+                "—" if run.train_seconds is None else f"{run.train_seconds:.1f}",
+                "—" if run.seconds is None else f"{run.seconds:.1f}"]
+        line += [f"{100 * run.accuracy[t]:.2f}" if t in run.accuracy else "—" for t in eval_tasks]
+        table.rows.append(line)
+    return table
+
+
+def build_tables(runs: list[RunResult], paper: bool = False) -> dict[str, Table]:
+    """name -> table, in print order; tables that do not apply (no trained runs, one task) are left out."""
+    tables = {"same_task": same_task_table(runs, paper), "cross_task": cross_task_table(runs, paper),
+              "runs": runs_table(runs)}
+    return {name: t for name, t in tables.items() if t is not None}
