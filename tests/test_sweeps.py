@@ -138,3 +138,21 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path):
 
     grpo = next(r for r in same_task_table(load_run_dirs(grid)).rows if r[1] == "grpo")
     assert grpo[2:] == ["1 failed", "1 failed"]
+
+
+def test_joblib_launcher_runs_the_grid_in_parallel_processes(tmp_path):
+    out = _sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "n_jobs=2" in out.stdout + out.stderr  # Hydra's joblib launcher, not the serial one
+    assert "[sweep] 7 cells: 7 finished" in out.stdout
+    assert len(list((tmp_path / "sweeps" / "smoke").glob("*/results.json"))) == 7
+
+
+def test_slurm_launcher_config_extends_submitit_with_cluster_settings(tmp_path):
+    out = _sweep(tmp_path, "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
+                 "--cfg", "hydra", "-p", "hydra.launcher")
+    assert out.returncode == 0, out.stderr[-2000:]
+    launcher = yaml.safe_load(out.stdout.split("# @package hydra.launcher", 1)[1])
+    assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher["partition"], launcher["timeout_min"], launcher["gpus_per_node"]) == ("gpu", 90, 1)
+    assert launcher["tasks_per_node"] == 1 and launcher["array_parallelism"] == 16

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
+from hydra.core.utils import JobStatus
 from hydra.errors import HydraException
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,10 @@ class CellSweeper(BasicSweeper):
         failed = []
         for batch in returns:
             for job in batch:
-                value = job.return_value
+                if job.status == JobStatus.FAILED:  # raised past run.py (a launcher or process fault)
+                    value = {"status": "failed", "run_dir": job.working_dir, "error": repr(job._return_value)}
+                else:
+                    value = job.return_value
                 status = value.get("status", "finished") if isinstance(value, dict) else "finished"
                 outcomes[status] += 1
                 if status == "failed":

@@ -20,6 +20,12 @@ def _pyplot():
     return plt
 
 
+def _integer_steps(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
     """Mean, min and max over runs at each step any run logged."""
     by_step: dict[int, list[float]] = defaultdict(list)
@@ -46,6 +52,7 @@ def beta_schedules(runs: list[RunResult], path: Path) -> Path | None:
         steps, mean, _, _ = _mean_curve(by_schedule[kl])
         ax.plot(steps, mean, label=kl)
     ax.set(xlabel="optimizer step", ylabel="beta (KL coefficient)", title="KL schedules over a run")
+    _integer_steps(ax)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -73,6 +80,7 @@ def training_curves(runs: list[RunResult], path: Path) -> Path | None:
                 ax.plot(steps, mean, label=f"{key} (n={len(curves)})")
                 ax.fill_between(steps, low, high, alpha=0.2)
             ax.set(title=f"{metric} - trained on {task}", xlabel="optimizer step", ylabel=metric.split("/")[-1])
+            _integer_steps(ax)
             if ax.lines:
                 ax.legend(fontsize=8)
     fig.tight_layout()
