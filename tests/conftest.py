@@ -83,13 +83,13 @@ def tiny(tmp_path_factory):
     return load_model(cfg.model, str(CACHE))
 
 
-def run_smoke_sweep(out: Path, *args: str) -> "subprocess.CompletedProcess":
-    """`python run.py sweeps=smoke ARGS` in a subprocess, its outputs under `out`."""
+def run_smoke_sweep(out: Path, *args: str, env: dict[str, str] | None = None) -> "subprocess.CompletedProcess":
+    """`python run.py sweeps=smoke ARGS` in a subprocess, its outputs under `out` (`env`: extra variables)."""
     import subprocess
     import sys
 
     env = dict(os.environ, OTHINK_OUTPUT_DIR=str(out), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               WANDB_MODE="offline")
+               WANDB_MODE="offline", **(env or {}))
     return subprocess.run([sys.executable, str(ROOT / "run.py"), "sweeps=smoke", *args], capture_output=True,
                           text=True, env=env, timeout=900)
 

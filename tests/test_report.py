@@ -8,7 +8,6 @@ import json
 import math
 import shutil
 import struct
-from pathlib import Path
 
 import pytest
 

@@ -4,6 +4,7 @@ re-launch, failed cells recorded while the others finish, and the exit code coun
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -121,7 +122,7 @@ def test_smoke_sweep_finishes_every_cell_and_relaunch_fills_only_the_gaps(smoke_
 
 def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path):
     broken = 'hydra.sweeper.cells.grpo=["method=grpo","kl=constant","task.synthetic.num_train=0"]'
-    out = _sweep(tmp_path, broken)
+    out = _sweep(tmp_path, broken, "logger=wandb")
     assert out.returncode == 2  # the grpo cell fails on both tasks: the exit code counts failed cells
     assert "[sweep] 7 cells: 2 failed, 5 finished" in out.stdout
     grid = tmp_path / "sweeps" / "smoke"
@@ -138,6 +139,13 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path):
 
     grpo = next(r for r in same_task_table(load_run_dirs(grid)).rows if r[1] == "grpo")
     assert grpo[2:] == ["1 failed", "1 failed"]
+    # It failed before its wandb run would start; it still has one, marked failed, so wandb agrees.
+    from othink_mr1.report.runs import load_wandb_offline
+    from othink_mr1.report.tables import build_tables
+
+    from_dirs, from_wandb = build_tables(load_run_dirs(grid)), build_tables(load_wandb_offline(grid))
+    assert {n: t.markdown() for n, t in from_dirs.items()} == {n: t.markdown() for n, t in from_wandb.items()}
+    assert "failed: " in from_wandb["runs"].markdown()
 
 
 def test_joblib_launcher_runs_the_grid_in_parallel_processes(tmp_path):
@@ -156,3 +164,53 @@ def test_slurm_launcher_config_extends_submitit_with_cluster_settings(tmp_path):
     assert launcher["_target_"] == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher["partition"], launcher["timeout_min"], launcher["gpus_per_node"]) == ("gpu", 90, 1)
     assert launcher["tasks_per_node"] == 1 and launcher["array_parallelism"] == 16
+
+
+# A stand-in for SLURM's sbatch and srun: sbatch runs the submitted array's tasks on this machine, one
+# after another in the background, with the environment SLURM gives a job; srun runs its command with the
+# --output/--error files SLURM would write. submitit, Hydra's launcher and the sweep are the real ones.
+FAKE_SBATCH = r"""#!/usr/bin/env bash
+script="${@: -1}"
+job=$(( 1000 + RANDOM % 9000 ))
+read first last < <(sed -n 's/^#SBATCH --array=\([0-9]*\)-\([0-9]*\).*/\1 \2/p' "$script")
+first=${first:-0}; last=${last:-0}
+(
+  for i in $(seq "$first" "$last"); do
+    SLURM_JOB_ID="$job$i" SLURM_ARRAY_JOB_ID="$job" SLURM_ARRAY_TASK_ID="$i" SLURM_NTASKS=1 SLURM_PROCID=0 \
+    SLURM_LOCALID=0 SLURM_NODEID=0 SLURM_JOB_NUM_NODES=1 SLURM_JOB_NODELIST=localhost SLURM_JOB_NAME=run \
+      bash "$script" >> "$(dirname "$script")/fake_sbatch.log" 2>&1
+    echo "$i" >> "$(dirname "$script")/fake_sbatch_ran"
+  done
+) > /dev/null 2>&1 &
+echo "Submitted batch job $job"
+"""
+FAKE_SRUN = r"""#!/usr/bin/env bash
+out=/dev/null; err=""
+while [[ "$1" == --* ]]; do
+  case "$1" in --output) out="$2"; shift 2;; --error) err="$2"; shift 2;; *) shift;; esac
+done
+fill() { local p="$1"; p="${p//%A/$SLURM_ARRAY_JOB_ID}"; p="${p//%a/$SLURM_ARRAY_TASK_ID}"; p="${p//%t/0}"; p="${p//%j/$SLURM_JOB_ID}"; echo "$p"; }
+exec "$@" > "$(fill "$out")" 2> "$(fill "${err:-$out}")"
+"""
+
+
+def test_slurm_launcher_runs_one_job_per_cell(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env_path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    # One task (4 cells: base, sft, grpo, grpo_d) keeps it short; the array logic is the same for 7.
+    out = run_smoke_sweep(tmp_path / "out", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null",
+                          "hydra.launcher.cpus_per_task=null", "hydra.launcher.mem_gb=null",
+                          "hydra.sweeper.params.task=counting", env={"PATH": env_path})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "[sweep] 4 cells: 4 finished" in out.stdout
+    grid = tmp_path / "out" / "sweeps" / "smoke"
+    assert len(list(grid.glob("*/results.json"))) == 4
+    # One SLURM array task per cell, each with its own submitit folder, log and result.
+    submitit = grid / ".submitit"
+    assert len(list(submitit.glob("*/*_result.pkl"))) == 4
+    script = next(submitit.glob("**/*submission*.sh")).read_text()
+    assert "#SBATCH --array=0-3%4" in script and "#SBATCH --time=480" in script

@@ -72,6 +72,15 @@ def wandb_tags(identity: dict[str, Any]) -> list[str]:
     return [f"{k}:{identity[k]}" for k in keys if identity.get(k) is not None]
 
 
+def wandb_run_args(cfg: DictConfig) -> dict[str, Any]:
+    """One wandb run per cell: group = the sweep (logger.group overrides it), job_type = the method
+    (eval for the base model), key:value tags."""
+    identity = run_identity(cfg)
+    return dict(name=cfg.run_name, project=cfg.logger.project, entity=cfg.logger.entity,
+                group=cfg.logger.group or cfg.sweep or None, job_type=identity["method"] or "eval",
+                tags=wandb_tags(identity) + list(cfg.logger.tags), mode=cfg.logger.mode)
+
+
 def build_loggers(cfg: DictConfig, run_dir: Path, resumes: int, eval_tasks: list[str]) -> list[Any]:
     from pytorch_lightning.loggers import CSVLogger
 
@@ -83,13 +92,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resumes: int, eval_tasks: list
 
         id_file = run_dir / "wandb_run_id"
         run_id = id_file.read_text().strip() if resumes and id_file.exists() else None
-        # One wandb run per cell: group = the sweep, job_type = the method, key:value tags.
-        wandb_logger = WandbLogger(
-            name=cfg.run_name, project=cfg.logger.project, entity=cfg.logger.entity,
-            group=cfg.logger.group or cfg.sweep or None, job_type=identity["method"] or "eval",
-            save_dir=str(run_dir), mode=cfg.logger.mode, tags=wandb_tags(identity) + list(cfg.logger.tags),
-            id=run_id, resume="allow" if run_id else None,
-        )
+        wandb_logger = WandbLogger(save_dir=str(run_dir), id=run_id, resume="allow" if run_id else None,
+                                   **wandb_run_args(cfg))
         if rank_zero_only.rank == 0:
             id_file.write_text(str(wandb_logger.version))
         loggers.append(wandb_logger)
@@ -118,17 +122,32 @@ def write_wandb_summary(loggers: list[Any], results: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def wandb_closed() -> Iterator[None]:
-    """wandb.finish() always runs, after success or failure, so the next job of a multirun starts clean."""
-    failed = True
+    """wandb.finish() always runs, after success or failure, so the next job of a multirun starts clean;
+    a failure is written to the run's summary (status, error) so wandb shows the cell as failed."""
+    import sys
+
     try:
         yield
-        failed = False
-    finally:
-        import sys
-
+    except BaseException as exc:
         wandb = sys.modules.get("wandb")
         if wandb is not None and getattr(wandb, "run", None) is not None:
-            wandb.finish(exit_code=1 if failed else 0)
+            wandb.run.summary.update({"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            wandb.finish(exit_code=1)
+        raise
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=0)
+
+
+def log_failed_run(cfg: DictConfig, run_dir: Path, error: str) -> None:
+    """A cell that failed before its wandb run started (bad data, a config check) still gets one, marked
+    failed, so a report built from wandb shows it as the one built from the run directories does."""
+    import wandb
+
+    run = wandb.init(dir=str(run_dir), config={**run_identity(cfg), "config": OmegaConf.to_container(cfg, resolve=True)},
+                     **wandb_run_args(cfg))
+    run.summary.update({"status": "failed", "error": error})
+    run.finish(exit_code=1)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Budget | None) -> pl.Trainer:

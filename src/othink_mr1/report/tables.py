@@ -83,7 +83,8 @@ class Table:
     def latex(self) -> str:
         def esc(text: str) -> str:
             for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                         ("±", r"$\pm$"), ("→", r"$\rightarrow$")):
+                         ("±", r"$\pm$"), ("→", r"$\rightarrow$"), ("Δ", r"$\Delta$"), ("—", "---"),
+                         ("−", "-")):
                 text = text.replace(a, b)
             return text
 
