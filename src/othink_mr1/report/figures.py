@@ -7,8 +7,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from .runs import BASE_ROW, RunResult
-from .tables import index_runs, ordered, row_key, stat
+from .runs import RunResult
+from .tables import cross_pairs, index_runs, ordered, row_key, row_runs, stat
 
 
 def _pyplot():
@@ -26,6 +26,13 @@ def _integer_steps(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
 def _mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[float], list[float], list[float]]:
     """Mean, min and max over runs at each step any run logged."""
     by_step: dict[int, list[float]] = defaultdict(list)
@@ -39,11 +46,12 @@ def _mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[int], list[
 
 
 def beta_schedules(runs: list[RunResult], path: Path) -> Path | None:
-    """beta against the optimizer step, one line per KL schedule, as logged (adaptive included)."""
+    """beta against the optimizer step, one line per KL schedule and trained task (their betas may
+    differ), as logged (adaptive included)."""
     by_schedule: dict[str, list] = defaultdict(list)
     for run in runs:
         if run.kl and run.curves.get("train/beta"):
-            by_schedule[run.kl].append(run.curves["train/beta"])
+            by_schedule[f"{run.kl} ({run.task})"].append(run.curves["train/beta"])
     if not by_schedule:
         return None
     plt = _pyplot()
@@ -54,10 +62,7 @@ def beta_schedules(runs: list[RunResult], path: Path) -> Path | None:
     ax.set(xlabel="optimizer step", ylabel="beta (KL coefficient)", title="KL schedules over a run")
     _integer_steps(ax)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def training_curves(runs: list[RunResult], path: Path) -> Path | None:
@@ -83,17 +88,13 @@ def training_curves(runs: list[RunResult], path: Path) -> Path | None:
             _integer_steps(ax)
             if ax.lines:
                 ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def cross_task_bars(runs: list[RunResult], path: Path) -> Path | None:
     """Fig. 7 style: for each train -> eval pair, one bar per method (mean +- std over seeds)."""
-    models, rows, tasks = index_runs(runs)
-    eval_tasks = ordered([t for r in runs for t in r.accuracy] + tasks)
-    pairs = [(t, e) for t in tasks for e in eval_tasks if e != t]
+    models, rows, _ = index_runs(runs)
+    pairs = cross_pairs(runs)
     if not pairs:
         return None
     plt = _pyplot()
@@ -104,8 +105,7 @@ def cross_task_bars(runs: list[RunResult], path: Path) -> Path | None:
     for k, key in enumerate(keys):
         means, errs = [], []
         for train_task, eval_task in pairs:
-            s = stat([r for r in runs if r.model == model and row_key(r) == key
-                      and (key == BASE_ROW or r.task == train_task)], eval_task)
+            s = stat(row_runs(runs, model, key, train_task), eval_task)
             means.append(100 * s.mean if s.values else 0.0)
             errs.append(100 * s.std if s.n > 1 else 0.0)
         xs = [p + (k - (len(keys) - 1) / 2) * width for p in range(len(pairs))]
@@ -114,10 +114,7 @@ def cross_task_bars(runs: list[RunResult], path: Path) -> Path | None:
     ax.set_xticks(range(len(pairs)), [f"train {t} → eval {e}" for t, e in pairs])
     ax.set(ylabel="accuracy (%)", title=f"Cross-task generalization ({model})")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_figures(runs: list[RunResult], out_dir: Path) -> list[Path]:

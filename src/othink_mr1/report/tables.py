@@ -135,10 +135,17 @@ def index_runs(runs: list[RunResult]) -> tuple[list[str], dict[str, list[str]], 
     return models, rows, tasks
 
 
-def _runs(runs: list[RunResult], model: str, key: str, task: str | None = None) -> list[RunResult]:
+def row_runs(runs: list[RunResult], model: str, key: str, task: str | None = None) -> list[RunResult]:
     """The runs of one row; the base row (an evaluation) serves every trained task."""
     return [r for r in runs if r.model == model and row_key(r) == key
             and (r.mode == "eval" or task is None or r.task == task)]
+
+
+def cross_pairs(runs: list[RunResult]) -> list[tuple[str, str]]:
+    """(trained task, another scored task) pairs, in a stable order."""
+    _, _, tasks = index_runs(runs)
+    eval_tasks = ordered([t for r in runs for t in r.accuracy] + tasks)
+    return [(t, e) for t in tasks for e in eval_tasks if e != t]
 
 
 def _paper_model(model: str) -> str:
@@ -176,7 +183,7 @@ def same_task_table(runs: list[RunResult], paper: bool = False) -> Table | None:
         for key in rows[model]:
             line, i = [model, key], len(table.rows)
             for task in tasks:
-                s = stat(_runs(runs, model, key, task), task)
+                s = stat(row_runs(runs, model, key, task), task)
                 means.setdefault(len(line), {})[i] = s.mean
                 line.append(s.text())
                 if paper:
@@ -186,8 +193,8 @@ def same_task_table(runs: list[RunResult], paper: bool = False) -> Table | None:
                                 else f"{100 * s.mean - published:+.2f}")
             if ablation:
                 for task in tasks:
-                    ref = stat(_runs(runs, model, first_trained[model], task), task).mean
-                    line.append(format_relative(relative_change(stat(_runs(runs, model, key, task), task).mean, ref))
+                    ref = stat(row_runs(runs, model, first_trained[model], task), task).mean
+                    line.append(format_relative(relative_change(stat(row_runs(runs, model, key, task), task).mean, ref))
                                 if key != BASE_ROW else "—")
             table.rows.append(line)
         for column, column_means in means.items():
@@ -201,9 +208,8 @@ def same_task_table(runs: list[RunResult], paper: bool = False) -> Table | None:
 
 def cross_task_table(runs: list[RunResult], paper: bool = False) -> Table | None:
     """Train on one task, evaluate on another: accuracy and the relative change vs base and vs SFT."""
-    models, rows, tasks = index_runs(runs)
-    eval_tasks = ordered([t for r in runs for t in r.accuracy] + tasks)
-    pairs = [(t, e) for t in tasks for e in eval_tasks if e != t]
+    models, rows, _ = index_runs(runs)
+    pairs = cross_pairs(runs)
     if not pairs:
         return None
     has_sft = any("sft" in rows[m] for m in models)
@@ -213,11 +219,11 @@ def cross_task_table(runs: list[RunResult], paper: bool = False) -> Table | None
     table = Table(title="Cross-task: accuracy (%) on the task not trained on", columns=columns, rows=[])
     for model in models:
         for train_task, eval_task in pairs:
-            base = stat(_runs(runs, model, BASE_ROW), eval_task)
-            sft = stat(_runs(runs, model, "sft", train_task), eval_task)
+            base = stat(row_runs(runs, model, BASE_ROW), eval_task)
+            sft = stat(row_runs(runs, model, "sft", train_task), eval_task)
             column_means: dict[int, float] = {}
             for key in rows[model]:
-                s = base if key == BASE_ROW else stat(_runs(runs, model, key, train_task), eval_task)
+                s = base if key == BASE_ROW else stat(row_runs(runs, model, key, train_task), eval_task)
                 i = len(table.rows)
                 column_means[i] = s.mean
                 line = [model, f"{train_task} → {eval_task}", key, s.text(),
