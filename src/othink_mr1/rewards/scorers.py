@@ -310,6 +310,18 @@ def _mv_verify(gold: list[Any], target: list[Any], timeout: int | None) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=65536)
+def _judge_span(span: str, gold_text: str, timeout: int | None) -> tuple[bool, bool]:
+    """(correct, parsed) for an <answer> span. Cached: a policy repeats the same few answers across a
+    group and across steps, and math-verify costs milliseconds per call."""
+    if span and _strip_spaces(span) == _strip_spaces(gold_text):
+        return True, True
+    candidate = _mv_parse(to_math_verify_input(span), timeout)
+    if not candidate:
+        return False, False
+    return _mv_verify(list(_parse_gold(gold_text, timeout)), candidate, timeout), True
+
+
 def _readable(parsed: list[Any]) -> str:
     """math-verify returns [sympy_expr, matched_string]; the string is what a human wants to see."""
     if len(parsed) >= 2 and isinstance(parsed[-1], str):
@@ -344,18 +356,13 @@ class GeometryScorer:
     def score(self, completion: str, ground_truth: Any) -> Score:
         gold_text = str(ground_truth).strip()
         timeout = _timeout()
-        gold = list(_parse_gold(gold_text, timeout))
-
         span = answer_span(completion)
         if span is not None:
-            if span and _strip_spaces(span) == _strip_spaces(gold_text):
-                return Score(correct=True, extracted=span, parsed=True)
-            candidate = _mv_parse(to_math_verify_input(span), timeout)
-            if not candidate:
-                return Score(correct=False, extracted=span or None, parsed=False)
-            return Score(correct=_mv_verify(gold, candidate, timeout), extracted=span, parsed=True)
+            correct, parsed = _judge_span(span, gold_text, timeout)
+            return Score(correct=correct, extracted=span if parsed else (span or None), parsed=parsed)
 
         # No answer tags: fall back to the whole output, as R1-V's evaluation does.
+        gold = list(_parse_gold(gold_text, timeout))
         candidate = _mv_parse(to_math_verify_input(completion), timeout)
         if not candidate:
             return Score(correct=False, extracted=None, parsed=False)
