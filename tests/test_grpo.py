@@ -14,7 +14,7 @@ from conftest import CACHE, compose_config
 
 from othink_mr1.data.collate import PromptCollator
 from othink_mr1.data.tasks import TaskSplit, load_split
-from othink_mr1.methods.grpo import GRPOModule, completion_mask, repeat_prompts
+from othink_mr1.methods.grpo import GRPOModule, completion_mask
 from othink_mr1.methods.kl_schedules import ConstantKL
 from othink_mr1.rewards import functions
 from othink_mr1.runner import build_module, run
@@ -82,7 +82,7 @@ def rollouts_for(module, processor, task, cache, prompts=4):
     collate = PromptCollator(processor, task.prompt)
     whole = collate(examples)
     torch.manual_seed(0)
-    completions = module.sample(repeat_prompts(whole, module.method.num_generations))
+    completions = module.sample(whole)
     G = module.method.num_generations
     singles = [module.build_rollout(collate([ex]), completions[i * G:(i + 1) * G]) for i, ex in enumerate(examples)]
     return [module.build_rollout(whole, completions)], singles

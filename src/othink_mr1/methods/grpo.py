@@ -6,7 +6,8 @@ One optimizer step ("rollout step"):
      is expanded to G = num_generations copies here, so a group never crosses micro-batches or devices;
   2. G completions per prompt are sampled under no_grad, scored by the configured rewards, and turned
      into group advantages; the reference's (and, with mu > 1, the rollout policy's) log-probs are
-     computed once;
+     computed once. Sampling and every log-prob pass run each prompt (and its image) once and its
+     G completions on top of the shared KV cache (models/prefix_sharing.py);
   3. after `accumulate_grad_batches` micro-batches, `num_iterations` (mu) passes of
      loss -> backward over all of them, each ending in one clipped optimizer step.
 The loss itself lives in grpo_loss.py.
@@ -21,6 +22,7 @@ import torch
 
 from ..evaluation.harness import suppressed_token_ids
 from ..rewards.functions import compute_rewards
+from ..models.prefix_sharing import grouped_completion_logits, prompt_inputs, sample_groups, supports_prefix_sharing
 from .base import TrainableModule
 from .grpo_loss import StepSizes, group_advantages, grpo_loss, token_log_probs
 from .kl_schedules import KLSchedule
@@ -41,6 +43,10 @@ class Rollout:
     reward_parts: dict[str, torch.Tensor]  # name -> [N]
     old_logp: torch.Tensor | None = None  # [N, C], mu > 1 only
     ref_logp: torch.Tensor | None = None  # [N, C], when the KL schedule can be positive
+    # The un-repeated prompt batch, when log-probs run each prompt once for its G completions
+    # (models/prefix_sharing.py); None runs `inputs` as they are.
+    prompts: dict[str, torch.Tensor] | None = None
+    group_size: int = 1
 
     @property
     def num_sequences(self) -> int:
@@ -89,32 +95,48 @@ class GRPOModule(TrainableModule):
 
     # ----------------------------------------------------------------------------------- rollout
     @torch.no_grad()
-    def sample(self, prompts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Completion ids [N, C] sampled from the policy for already-repeated prompts."""
+    def sample(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Completion ids [N, C] sampled from the policy, G per prompt of the batch (rows i*G..i*G+G-1
+        continue prompt i)."""
         m, tok = self.method, self.processor.tokenizer
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(**prompts, do_sample=True, temperature=m.temperature, top_p=m.top_p,
-                                  top_k=m.top_k or None, max_new_tokens=self.max_new_tokens,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                  suppress_tokens=suppressed_token_ids(tok))
+        sampling = dict(temperature=m.temperature, top_p=m.top_p, top_k=m.top_k or None, pad_token_id=tok.pad_token_id,
+                        eos_token_id=tok.eos_token_id)
+        if self.shares_prompts(batch):
+            # One prefill per prompt, a preallocated cache, the same sampling rules as generate().
+            sampling["top_k"] = m.top_k
+            out = sample_groups(self.model, prompt_inputs(batch), m.num_generations, self.max_new_tokens,
+                                suppress_token_ids=suppressed_token_ids(tok), **sampling)
+        else:
+            prompts = repeat_prompts(batch, m.num_generations)
+            out = self.model.generate(**prompts, do_sample=True, max_new_tokens=self.max_new_tokens,
+                                      suppress_tokens=suppressed_token_ids(tok), **sampling)
+            out = out[:, prompts["input_ids"].shape[1]:]
         self.model.train(was_training)
-        return out[:, prompts["input_ids"].shape[1]:]
+        return out
 
     def log_probs(self, model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
         """Per-token log-probs [N, C] of the completion under `model` (with grad if enabled)."""
-        length = rollout.completion_ids.shape[1]
-        logits = model(**rollout.inputs, logits_to_keep=length + 1).logits[:, :-1]
+        if rollout.prompts is not None:
+            logits = grouped_completion_logits(model, rollout.prompts, rollout.completion_ids,
+                                               rollout.completion_mask, rollout.group_size)
+        else:
+            length = rollout.completion_ids.shape[1]
+            logits = model(**rollout.inputs, logits_to_keep=length + 1).logits[:, :-1]
         return token_log_probs(logits, rollout.completion_ids, self.method.temperature)
 
-    def build_rollout(self, batch: dict[str, Any], completion_ids: torch.Tensor,
-                      prompts: dict[str, torch.Tensor] | None = None) -> Rollout:
-        """Score sampled completions of a prompt micro-batch and prepare everything the loss needs.
-        `prompts` is the batch already repeated G times (as sampled), when the caller has it."""
+    def shares_prompts(self, batch: dict[str, Any]) -> bool:
+        """Whether log-probs can run each prompt once for its G completions (same values, less work)."""
+        return (self.method.share_prompt_prefix and "image_grid_thw" in batch and "mm_token_type_ids" in batch
+                and supports_prefix_sharing(self.model)
+                and (self.reference is None or supports_prefix_sharing(self.reference)))
+
+    def build_rollout(self, batch: dict[str, Any], completion_ids: torch.Tensor) -> Rollout:
+        """Score sampled completions of a prompt micro-batch and prepare everything the loss needs."""
         m, tok = self.method, self.processor.tokenizer
         G = m.num_generations
-        if prompts is None:
-            prompts = repeat_prompts(batch, G)
+        prompts = repeat_prompts(batch, G)
         mask = completion_mask(completion_ids, tok.eos_token_id)
         inputs = dict(prompts)
         inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids], dim=1)
@@ -134,6 +156,8 @@ class GRPOModule(TrainableModule):
             advantages=group_advantages(rewards, G, scale=m.scale_rewards), rewards=rewards,
             reward_parts={k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in parts.items()},
         )
+        if self.shares_prompts(batch):
+            rollout.prompts, rollout.group_size = prompt_inputs(batch), G
         with torch.no_grad():
             if m.num_iterations > 1:
                 rollout.old_logp = self.log_probs(self.model, rollout)
@@ -143,8 +167,7 @@ class GRPOModule(TrainableModule):
 
     # ------------------------------------------------------------------------------------ update
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        prompts = repeat_prompts(batch, self.method.num_generations)
-        self._buffer.append(self.build_rollout(batch, self.sample(prompts), prompts))
+        self._buffer.append(self.build_rollout(batch, self.sample(batch)))
         self.samples_seen += len(batch["meta"]["answers"]) * self.trainer.world_size
         if len(self._buffer) == self.method.accumulate_grad_batches:
             rollouts, self._buffer = self._buffer, []

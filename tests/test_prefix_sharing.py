@@ -1,0 +1,188 @@
+"""Running each prompt once for its G completions (models/prefix_sharing.py) changes the cost, never
+the numbers: the same sampled tokens as `generate` for the same seed, and the same log-probs and
+gradients as the plain forward over every prompt + completion sequence."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import CACHE, compose_config
+
+from othink_mr1.data.collate import PromptCollator
+from othink_mr1.data.tasks import TaskSplit, load_split
+from othink_mr1.evaluation.harness import suppressed_token_ids
+from othink_mr1.methods.grpo import GRPOModule, completion_mask, repeat_prompts
+from othink_mr1.methods.grpo_loss import token_log_probs
+from othink_mr1.methods.kl_schedules import ConstantKL
+from othink_mr1.models.prefix_sharing import (
+    BufferedLayer,
+    filter_logits,
+    grouped_completion_logits,
+    prompt_inputs,
+    sample_groups,
+    supports_prefix_sharing,
+)
+
+G = 4
+
+
+def prompt_batch(processor, task_name: str, n: int = 3):
+    """A left-padded prompt batch of `n` train prompts (with their images) of a synthetic task."""
+    task = compose_config([f"task={task_name}"]).task
+    split = TaskSplit(task, "train", load_split(task, "train", str(CACHE)))
+    collate = PromptCollator(processor, task.prompt)
+    # Prompts of different lengths, so left padding is exercised.
+    chosen, lengths = [], set()
+    for index in range(len(split)):
+        length = int(collate([split[index]])["input_ids"].shape[1])
+        if length not in lengths or len(lengths) == 2:
+            chosen.append(split[index])
+            lengths.add(length)
+        if len(chosen) == n:
+            return collate(chosen)
+    raise AssertionError(f"{task_name}: fewer than {n} prompts")
+
+
+def random_completions(tokenizer, rows: int, length: int, seed: int = 0) -> torch.Tensor:
+    """Random completions with an end-of-turn token at a random place (or none), pads after it."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(20, len(tokenizer), (rows, length), generator=gen)
+    for row in range(rows):
+        stop = int(torch.randint(1, length + 3, (1,), generator=gen))
+        if stop <= length:
+            ids[row, stop - 1] = tokenizer.eos_token_id
+            ids[row, stop:] = tokenizer.pad_token_id
+    return ids
+
+
+def plain_logits(model, batch, completion_ids, mask):
+    prompts = repeat_prompts(batch, G)
+    inputs = dict(prompts)
+    inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids], dim=1)
+    inputs["attention_mask"] = torch.cat([prompts["attention_mask"], mask], dim=1)
+    inputs["mm_token_type_ids"] = torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
+    return model(**inputs, logits_to_keep=completion_ids.shape[1] + 1).logits[:, :-1]
+
+
+def test_the_tiny_model_qualifies(tiny):
+    assert supports_prefix_sharing(tiny[0])
+    assert not supports_prefix_sharing(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("task_name", ["counting", "geometry"])
+def test_shared_prompt_log_probs_and_gradients_equal_the_plain_forward(tiny, task_name):
+    model, processor = copy.deepcopy(tiny[0]).train(), tiny[1]
+    batch = prompt_batch(processor, task_name)
+    assert batch["attention_mask"].min() == 0, "the prompts should need left padding"
+    completion_ids = random_completions(processor.tokenizer, 3 * G, 12)
+    mask = completion_mask(completion_ids, processor.tokenizer.eos_token_id)
+    valid = mask.bool()
+
+    results = []
+    for logits_fn in (lambda: plain_logits(model, batch, completion_ids, mask),
+                      lambda: grouped_completion_logits(model, prompt_inputs(batch), completion_ids, mask, G)):
+        model.zero_grad()
+        logp = token_log_probs(logits_fn(), completion_ids)
+        (logp * mask).sum().backward()
+        results.append((logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (shared, shared_grads) = results
+    assert shared.shape == plain.shape == completion_ids.shape
+    assert torch.allclose(shared[valid], plain[valid], atol=1e-4), (shared - plain)[valid].abs().max()
+    # Every parameter, the vision tower included, gets the same gradient (the G prompt copies' sum).
+    assert shared_grads.keys() == plain_grads.keys() and any("visual" in n for n in shared_grads)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(shared_grads[name], grad, rtol=1e-3, atol=1e-6), name
+
+
+@pytest.mark.parametrize("options", [{}, {"top_k": 7}, {"top_p": 0.8, "temperature": 0.7}])
+def test_sampling_draws_the_same_tokens_as_generate(tiny, options):
+    model, processor = tiny[0].eval(), tiny[1]
+    tok = processor.tokenizer
+    batch = prompt_batch(processor, "geometry")
+    special = dict(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(3)
+    prompts = repeat_prompts(batch, G)
+    expected = model.generate(**prompts, do_sample=True, max_new_tokens=16, suppress_tokens=suppressed_token_ids(tok),
+                              top_k=options.get("top_k"), top_p=options.get("top_p", 1.0),
+                              temperature=options.get("temperature", 1.0), **special)[:, prompts["input_ids"].shape[1]:]
+    torch.manual_seed(3)
+    ours = sample_groups(model, prompt_inputs(batch), G, 16, suppress_token_ids=suppressed_token_ids(tok),
+                         **options, **special)
+    assert ours.shape == expected.shape == (3 * G, 16)
+    assert torch.equal(ours, expected)
+    assert not torch.isin(ours, torch.tensor(suppressed_token_ids(tok))).any()
+
+
+def test_sampling_stops_once_every_row_has_ended(tiny):
+    model, processor = copy.deepcopy(tiny[0]).eval(), tiny[1]
+    tok = processor.tokenizer
+    batch = prompt_batch(processor, "counting", n=2)
+    vocab = model.get_output_embeddings().weight.shape[0]
+
+    class EndsAfterThree(torch.nn.Module):
+        """Logits that pick a row-dependent token twice, then end the turn (row 0 ends at once)."""
+
+        calls = 0
+
+        def forward(self, hidden):
+            logits = torch.full((hidden.shape[0], vocab), -1e4)
+            for row in range(hidden.shape[0]):
+                ends = self.calls >= (0 if row == 0 else 2)
+                logits[row, tok.eos_token_id if ends else 30 + row] = 1e4
+            self.calls += 1
+            return logits
+
+    model.lm_head = EndsAfterThree()
+    ids = sample_groups(model, prompt_inputs(batch), G, 16, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    assert ids.shape == (2 * G, 3)  # no token is sampled after the last row ends
+    assert ids[0].tolist() == [tok.eos_token_id, tok.pad_token_id, tok.pad_token_id]
+    assert ids[5].tolist() == [35, 35, tok.eos_token_id]
+
+
+def test_filter_logits_keeps_the_top_k_and_the_nucleus():
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isfinite(filter_logits(scores, top_k=2)).tolist() == [[True, True, False, False]]
+    # The smallest set whose probability reaches top_p, and never less than one token.
+    assert torch.isfinite(filter_logits(scores, top_p=0.75)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(scores, top_p=0.01)).tolist() == [[True, False, False, False]]
+    assert torch.equal(filter_logits(scores), scores)
+
+
+def test_buffered_cache_layer_grows_in_place_and_refuses_to_overflow():
+    keys, values = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)
+    layer = BufferedLayer(keys, values, capacity=5)
+    new_k, new_v = torch.randn(2, 1, 1, 4), torch.randn(2, 1, 1, 4)
+    k, v = layer.update(new_k, new_v)
+    assert torch.equal(k, torch.cat([keys, new_k], dim=2)) and torch.equal(v, torch.cat([values, new_v], dim=2))
+    assert layer.get_seq_length() == 4
+    layer.update(new_k, new_v)
+    with pytest.raises(RuntimeError, match="6 positions exceed the capacity 5"):
+        layer.update(new_k, new_v)
+
+
+def test_grpo_loss_is_the_same_with_and_without_sharing(tmp_path, tiny):
+    """The module's switch (method.share_prompt_prefix) changes nothing but the cost."""
+    model, processor = copy.deepcopy(tiny[0]), tiny[1]
+    batch = prompt_batch(processor, "counting", n=2)
+    grads = []
+    for share in (True, False):
+        cfg = compose_config(["model=tiny", f"method.share_prompt_prefix={share}", f"method.num_generations={G}"],
+                             output_dir=tmp_path)
+        module = GRPOModule(model, processor, cfg.method, total_steps=4, kl=ConstantKL(0.1),
+                            reference=copy.deepcopy(tiny[0]).eval(), scorer="counting", max_new_tokens=10)
+        assert module.shares_prompts(batch) is share
+        torch.manual_seed(0)
+        rollout = module.build_rollout(batch, module.sample(batch))
+        assert (rollout.prompts is not None) is share
+        model.zero_grad()
+        module.accumulate_gradients([rollout], beta=0.1, backward=lambda loss: loss.backward())
+        grads.append((rollout.completion_ids, rollout.ref_logp,
+                      {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (ids_a, ref_a, grad_a), (ids_b, ref_b, grad_b) = grads
+    assert torch.equal(ids_a, ids_b)
+    assert torch.allclose(ref_a, ref_b, atol=1e-4)
+    for name in grad_a:
+        assert torch.allclose(grad_a[name], grad_b[name], rtol=1e-3, atol=1e-6), name
