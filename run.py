@@ -30,7 +30,8 @@ register_configs()
 def main(cfg: DictConfig) -> dict:
     from hydra.types import RunMode
 
-    from othink_mr1.runner import log_failed_run, run, run_identity
+    from othink_mr1.config import run_identity
+    from othink_mr1.runner import log_failed_run, run
     from othink_mr1.utils.errors import USER_ERRORS
     from othink_mr1.utils.run_dir import FINISHED_MARKER, record_failure
 

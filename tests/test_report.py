@@ -245,3 +245,25 @@ def test_report_shows_failed_and_never_started_cells(smoke_grid, tmp_path):
     runs = tables["runs"]
     assert _row(runs, "geometry_grpo_tiny_seed1")[4] == "failed: RuntimeError: boom"
     assert _row(runs, "sft counting seed 1 (never started)")[4] == "missing"
+
+
+def test_an_unfinished_run_from_before_sweep_keys_is_named_from_its_config(smoke_grid, tmp_path):
+    """A run killed before results.json whose config.yaml predates the `sweep`/`cell` keys still gets
+    the identity results.json would have given it (one run_identity for both)."""
+    import yaml
+
+    from othink_mr1.config import run_identity
+
+    _, shared = smoke_grid
+    cell = tmp_path / "counting_grpo_d_tiny_seed1"
+    shutil.copytree(shared / "counting_grpo_d_tiny_seed1", cell)
+    finished = json.loads((cell / "results.json").read_text())
+    (cell / "results.json").unlink()
+    config = yaml.safe_load((cell / "config.yaml").read_text())
+    assert run_identity(config) == {k: finished[k] for k in run_identity(config)}
+    old = {k: v for k, v in config.items() if k not in ("sweep", "cell")}
+    (cell / "config.yaml").write_text(yaml.safe_dump(old))
+    [result] = load_run_dirs(tmp_path)
+    assert result.status == "unfinished"
+    assert (result.task, result.method, result.kl, result.seed, result.sweep, result.cell) == (
+        "counting", "grpo_d", "grpo_d", 1, None, None)

@@ -96,6 +96,32 @@ class TinyBaseBuildConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters through peft (`model.lora.enabled=true`). The base weights stay frozen, so the KL
+    reference is the same model with its adapters switched off (no second copy in memory)."""
+
+    enabled: bool = False
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # Linear layers of the language model that get adapters (names inside each decoder layer).
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    # false: the vision tower stays frozen (R1-V's LoRA); true: its attention and MLP layers get
+    # adapters too.
+    vision_tower: bool = False
+
+
+@dataclass
+class FreezeConfig:
+    """Parts of a full fine-tuning run that stay fixed (not in the optimizer, no gradients)."""
+
+    vision_tower: bool = False  # the ViT blocks and patch embedding
+    merger: bool = False  # the projector from vision features to the language model
+    language_model: bool = False  # decoder layers, embeddings and the output head
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
     # tiny | tiny_base | pretrained (a hub id or a local folder, loaded with from_pretrained).
@@ -109,6 +135,8 @@ class ModelConfig:
     # Caps every task's max_new_tokens for models with a short context (the tiny ones).
     max_new_tokens_cap: Optional[int] = None
     gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
     tiny: Optional[TinyArchConfig] = None
     base_build: Optional[TinyBaseBuildConfig] = None
 
@@ -341,6 +369,21 @@ def method_tag(method: str, kl: str) -> str:
     if method != "grpo":
         return method
     return {"grpo_d": "grpo_d", "constant": "grpo"}.get(kl, f"grpo_kl-{kl}")
+
+
+def run_identity(cfg: Any) -> dict[str, Any]:
+    """What a run is, as results.json, error.json, the wandb config and the report name it: the same
+    keys everywhere, so a report built from run directories and one built from wandb agree. `cfg` is
+    the composed config or a run's config.yaml loaded as a dict (older ones may lack `sweep`/`cell`)."""
+    train = cfg.get("mode") == "train"
+    section = lambda key: cfg.get(key) or {}  # noqa: E731
+    return {
+        "run_name": cfg.get("run_name"), "sweep": cfg.get("sweep") or None, "cell": cfg.get("cell") or None,
+        "mode": cfg.get("mode"), "task": section("task").get("name") if train else None,
+        "method": method_tag(section("method").get("name"), section("kl").get("name")) if train else None,
+        "kl": section("kl").get("name") if train else None, "model": section("model").get("name"),
+        "seed": cfg.get("seed"), "tag": cfg.get("tag") or None,
+    }
 
 
 def _ckpt_tag(value: Any) -> str:

@@ -22,7 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from .budget import Budget, budget_line, train_budget
 from .checks import check_config
-from .config import method_tag
+from .config import run_identity
 from .data.datamodule import VLMDataModule
 from .evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
 from .utils.errors import ConfigError
@@ -52,18 +52,6 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     if not path.is_file():
         raise ConfigError(f"resume={cfg.resume}: no checkpoint at {path}")
     return path
-
-
-def run_identity(cfg: DictConfig) -> dict[str, Any]:
-    """What a run is, as results.json, error.json, the wandb config and the report name it: the same
-    keys everywhere, so a report built from run directories and one built from wandb agree."""
-    train = cfg.mode == "train"
-    return {
-        "run_name": cfg.run_name, "sweep": cfg.sweep or None, "cell": cfg.cell or None, "mode": cfg.mode,
-        "task": cfg.task.name if train else None,
-        "method": method_tag(cfg.method.name, cfg.kl.name) if train else None,
-        "kl": cfg.kl.name if train else None, "model": cfg.model.name, "seed": cfg.seed, "tag": cfg.tag or None,
-    }
 
 
 def wandb_tags(identity: dict[str, Any]) -> list[str]:
@@ -179,6 +167,18 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
     return pl.Trainer(**kwargs)
 
 
+def export_model(model: Any, processor: Any, folder: Path) -> None:
+    """A plain transformers folder that `ckpt=FOLDER` (and from_pretrained) loads; a LoRA model is
+    exported merged, with its adapters alone beside it under adapter/."""
+    from .models.adapters import has_adapters
+
+    if has_adapters(model):
+        model.save_pretrained(folder / "adapter")
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
 def load_weights(cfg: DictConfig) -> tuple[Any, Any]:
     """The model to train or score: `model.*`, or in eval mode a `ckpt=` (.ckpt file or saved folder)."""
     from .models.factory import load_checkpoint_weights, load_local, load_model
@@ -190,9 +190,15 @@ def load_weights(cfg: DictConfig) -> tuple[Any, Any]:
     else:
         model, processor = load_model(m, cfg.paths.cache_dir)
         if cfg.ckpt:
-            load_checkpoint_weights(model, cfg.ckpt)
-    if m.gradient_checkpointing and cfg.mode == "train":
-        model.gradient_checkpointing_enable()
+            model = load_checkpoint_weights(model, cfg.ckpt)
+    if cfg.mode == "train":
+        from .models.adapters import prepare_for_training
+
+        if m.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            if m.lora.enabled:  # checkpointed blocks need an input that requires grad to backprop into adapters
+                model.enable_input_require_grads()
+        model = prepare_for_training(model, m)
     return model, processor
 
 
@@ -202,7 +208,8 @@ def build_module(cfg: DictConfig, model: Any, processor: Any, budget: Budget | N
         from .methods.base import VLMModule
 
         return VLMModule(model, processor, **eval_kwargs)
-    common = dict(method=cfg.method, total_steps=budget.total_steps, data_position=data_position, **eval_kwargs)
+    common = dict(method=cfg.method, total_steps=budget.total_steps, data_position=data_position,
+                  lora_cfg=cfg.model.lora if cfg.model.lora.enabled else None, **eval_kwargs)
     if cfg.method.name == "sft":
         from .methods.sft import SFTModule
 
@@ -210,12 +217,17 @@ def build_module(cfg: DictConfig, model: Any, processor: Any, budget: Budget | N
     from .methods.grpo import GRPOModule
     from .methods.kl_schedules import build_kl_schedule
 
+    from .models.adapters import has_adapters
+
     kl = build_kl_schedule(cfg.kl)
     # The reference is the starting policy, frozen; never loaded when beta can never be positive.
-    reference = copy.deepcopy(model).eval().requires_grad_(False) if kl.can_be_positive else None
+    # Under LoRA it is the policy itself with its adapters switched off (no second copy).
+    adapter_reference = kl.can_be_positive and has_adapters(model)
+    reference = (copy.deepcopy(model).eval().requires_grad_(False)
+                 if kl.can_be_positive and not adapter_reference else None)
     max_new = effective_max_new_tokens(cfg.method.max_completion_length, cfg.model.max_new_tokens_cap)
-    return GRPOModule(model, processor, kl=kl, reference=reference, scorer=cfg.task.scorer,
-                      max_new_tokens=max_new, **common)
+    return GRPOModule(model, processor, kl=kl, reference=reference, adapter_reference=adapter_reference,
+                      scorer=cfg.task.scorer, max_new_tokens=max_new, **common)
 
 
 def evaluate(trainer: pl.Trainer, module: Any, dm: VLMDataModule, stage: str) -> dict[str, dict]:
@@ -303,8 +315,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
         after = evaluate(trainer, module, dm, "final" if train else "eval")
 
         if train and cfg.save_model and trainer.is_global_zero:
-            module.model.save_pretrained(run_dir / "model")
-            processor.save_pretrained(run_dir / "model")
+            export_model(module.model, processor, run_dir / "model")
 
         results = {
             **run_identity(cfg), "ckpt": cfg.ckpt, "eval_tasks": dm.eval_names,

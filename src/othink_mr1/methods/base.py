@@ -100,10 +100,14 @@ class TrainableModule(VLMModule):
     checkpoint that resumes exactly (samples seen, data position, RNG state)."""
 
     def __init__(self, model: torch.nn.Module, processor: Any, method: Any, total_steps: int,
-                 data_position: StreamPosition | None = None, **eval_kwargs: Any):
+                 data_position: StreamPosition | None = None, lora_cfg: Any = None, **eval_kwargs: Any):
         super().__init__(model, processor, **eval_kwargs)
         self.method = method
         self.total_steps = total_steps
+        # With LoRA the checkpoint holds only the adapters (the base is rebuilt from model.*), so
+        # loading it must not demand the base weights.
+        self.lora_cfg = lora_cfg
+        self.strict_loading = lora_cfg is None
         self.samples_seen = 0
         # Shared with the training loader: micro-batches consumed, saved with the loader's state.
         self.data_position = data_position
@@ -126,6 +130,13 @@ class TrainableModule(VLMModule):
         return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from ..models.adapters import has_adapters, lora_config_dict
+
+        if has_adapters(self.model) and self.lora_cfg is not None:
+            # The frozen base comes from model.*; a LoRA checkpoint holds the adapters alone.
+            trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+            checkpoint["lora"] = lora_config_dict(self.lora_cfg)
         checkpoint["samples_seen"] = self.samples_seen
         # Sampling and shuffling continue from the same random state after a resume.
         checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),

@@ -75,7 +75,7 @@ def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 class GRPOModule(TrainableModule):
     def __init__(self, model: torch.nn.Module, processor: Any, method: Any, total_steps: int, kl: KLSchedule,
                  reference: torch.nn.Module | None = None, scorer: str = "counting", max_new_tokens: int = 512,
-                 **kwargs: Any):
+                 adapter_reference: bool = False, **kwargs: Any):
         super().__init__(model, processor, method, total_steps, **kwargs)
         self.automatic_optimization = False
         self.kl = kl
@@ -83,11 +83,30 @@ class GRPOModule(TrainableModule):
         self.max_new_tokens = max_new_tokens
         # Kept in a list so it is not a submodule: outside the optimizer, the state_dict and checkpoints.
         self._reference = [reference] if reference is not None else []
+        # LoRA: the reference is the policy with its adapters switched off (the frozen base).
+        self.adapter_reference = adapter_reference
         self._buffer: list[Rollout] = []
 
     @property
     def reference(self) -> torch.nn.Module | None:
         return self._reference[0] if self._reference else None
+
+    @property
+    def has_reference(self) -> bool:
+        return self.reference is not None or self.adapter_reference
+
+    def reference_log_probs(self, rollout: Rollout) -> torch.Tensor:
+        """Per-token log-probs [N, C] under the frozen reference, without grad."""
+        with torch.no_grad():
+            if self.reference is not None:
+                return self.log_probs(self.reference, rollout)
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with self.model.disable_adapter():
+                    return self.log_probs(self.model, rollout)
+            finally:
+                self.model.train(was_training)
 
     def on_fit_start(self) -> None:
         if self.reference is not None:
@@ -161,8 +180,8 @@ class GRPOModule(TrainableModule):
         with torch.no_grad():
             if m.num_iterations > 1:
                 rollout.old_logp = self.log_probs(self.model, rollout)
-            if self.reference is not None:
-                rollout.ref_logp = self.log_probs(self.reference, rollout)
+            if self.has_reference:
+                rollout.ref_logp = self.reference_log_probs(rollout)
         return rollout
 
     # ------------------------------------------------------------------------------------ update
@@ -211,7 +230,7 @@ class GRPOModule(TrainableModule):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            if self.reference is not None:
+            if self.has_reference:
                 self.kl.observe(totals["kl"])
             self.log_step(rollouts, totals, beta, lr, norm)
 
@@ -231,7 +250,7 @@ class GRPOModule(TrainableModule):
             "train/lr": lr,
             "progress/samples": float(self.samples_seen),
         }
-        if self.reference is not None:
+        if self.has_reference:
             metrics["train/kl"] = totals["kl"]
         if norm is not None:
             metrics["train/grad_norm"] = norm

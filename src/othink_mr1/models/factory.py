@@ -139,8 +139,9 @@ def load_model(model_cfg: Any, cache_dir: str | Path) -> tuple[Any, Any]:
     raise ModelError(f"model.source='{model_cfg.source}': expected tiny, tiny_base or pretrained")
 
 
-def load_checkpoint_weights(model: torch.nn.Module, ckpt: str | Path) -> None:
-    """Load a Lightning checkpoint's `model.*` weights into `model` (strict: shapes must match)."""
+def load_checkpoint_weights(model: torch.nn.Module, ckpt: str | Path) -> torch.nn.Module:
+    """`model` with a Lightning checkpoint's `model.*` weights (strict: shapes must match). A LoRA
+    checkpoint holds only the adapters: they are applied to `model` and merged into its weights."""
     path = Path(ckpt)
     if not path.is_file():
         raise ModelError(f"ckpt='{ckpt}': checkpoint file not found")
@@ -148,9 +149,22 @@ def load_checkpoint_weights(model: torch.nn.Module, ckpt: str | Path) -> None:
     weights = {k[len("model."):]: v for k, v in state.get("state_dict", {}).items() if k.startswith("model.")}
     if not weights:
         raise ModelError(f"ckpt='{ckpt}': no model weights in this checkpoint")
+    if state.get("lora"):
+        from types import SimpleNamespace
+
+        from .adapters import apply_lora
+
+        model = apply_lora(model, SimpleNamespace(**state["lora"]))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        not_loaded = [k for k in missing if "lora_" in k]
+        if unexpected or not_loaded:
+            raise ModelError(f"ckpt='{ckpt}': LoRA adapters do not match model '{getattr(model, 'name_or_path', '')}': "
+                             f"missing {not_loaded[:5]}, unexpected {unexpected[:5]}")
+        return model.merge_and_unload()
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # Tied embeddings are saved once; anything else missing means another architecture.
     missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if missing or unexpected:
         raise ModelError(f"ckpt='{ckpt}' does not match model '{getattr(model, 'name_or_path', '')}': "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..config import method_tag
+from ..config import run_identity
 from ..utils.errors import ConfigError
 
 # The metrics the figures draw, by their logged names.
@@ -64,18 +64,6 @@ def _identity(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _identity_from_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A run's identity from its resolved config.yaml (runs that never wrote results.json)."""
-    train = cfg.get("mode") == "train"
-    return _identity({
-        "run_name": cfg.get("run_name"), "mode": cfg.get("mode"), "model": (cfg.get("model") or {}).get("name"),
-        "sweep": cfg.get("sweep") or None, "cell": cfg.get("cell") or None,
-        "task": (cfg.get("task") or {}).get("name") if train else None,
-        "method": method_tag(cfg["method"]["name"], cfg["kl"]["name"]) if train else None,
-        "kl": cfg["kl"]["name"] if train else None, "seed": cfg.get("seed"), "tag": cfg.get("tag") or None,
-    })
-
-
 # ---------------------------------------------------------------------------------- run dirs
 
 
@@ -106,7 +94,7 @@ def read_run_dir(run_dir: Path, with_curves: bool = True) -> RunResult | None:
         if payload.get("mode") is None and config.exists():
             import yaml
 
-            payload = {**_identity_from_config(yaml.safe_load(config.read_text())), **payload}
+            payload = {**run_identity(yaml.safe_load(config.read_text())), **payload}
         if payload.get("mode") is None:  # an error record from before identities were written
             payload = {**payload, "run_name": run_dir.name, "mode": "train", "model": "?"}
         payload = {"run_name": run_dir.name, **{k: v for k, v in payload.items() if v is not None}}
@@ -114,7 +102,7 @@ def read_run_dir(run_dir: Path, with_curves: bool = True) -> RunResult | None:
     elif config.exists():
         import yaml
 
-        result = RunResult(**_identity(_identity_from_config(yaml.safe_load(config.read_text()))), status="unfinished")
+        result = RunResult(**_identity(run_identity(yaml.safe_load(config.read_text()))), status="unfinished")
     else:
         return None
     if with_curves and result.mode == "train":
