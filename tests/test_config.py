@@ -215,7 +215,7 @@ PAPER_KL = {
 }
 
 
-@pytest.mark.parametrize("name", options("experiment"))
+@pytest.mark.parametrize("name", [n for n in options("experiment") if n.startswith("paper_")])
 def test_paper_presets_carry_the_papers_settings(name):
     cfg = compose_config([f"experiment={name}"], shrink=False)
     cell, size = name.removeprefix("paper_").rsplit("_", 1)
@@ -235,3 +235,16 @@ def test_paper_presets_carry_the_papers_settings(name):
     else:  # the paper gives no SFT recipe: R1-V's, at 16 samples per optimizer step
         assert (m.lr, m.lr_schedule, m.warmup_ratio, m.epochs) == (2e-5, "cosine", 0.1, 1)
         assert m.batch_size * m.accumulate_grad_batches == 16
+
+
+@pytest.mark.parametrize("name", [n for n in options("experiment") if n.startswith("one_gpu_")])
+def test_one_gpu_recipes_keep_the_papers_batch_through_accumulation(name):
+    from othink_mr1.budget import world_size
+
+    cfg = compose_config([f"experiment={name}"], shrink=False)
+    m = cfg.method
+    assert world_size(cfg.trainer) == 1 and cfg.trainer.precision == "bf16-mixed"
+    assert m.batch_size * m.accumulate_grad_batches == m.prompts_per_step == 16
+    assert (m.num_generations, m.max_completion_length, m.num_iterations) == (8, 512, 1)
+    assert (cfg.kl.name, cfg.kl.beta_max, cfg.model.name) == ("grpo_d", 0.02, "qwen2_vl_2b_instruct")
+    assert cfg.model.lora.enabled == name.endswith("_lora")

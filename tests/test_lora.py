@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,6 @@ from test_grpo import VARYING, varying_reward  # noqa: F401 - the fixture is use
 from test_prefix_sharing import G, prompt_batch
 
 LORA = ["model.lora.enabled=true", "model.lora.rank=4", "model.lora.alpha=8", "model.lora.dropout=0.0"]
-
-
-def completions(run_dir: Path, stage: str) -> list[str]:
-    return [json.loads(line)["completion"] for path in sorted((run_dir / "eval" / stage).glob("*/completions.jsonl"))
-            for line in path.read_text().splitlines()]
 
 
 def keep_final_weights(monkeypatch) -> dict:

@@ -97,7 +97,7 @@ def test_shared_prompt_log_probs_and_gradients_equal_the_plain_forward(tiny, tas
         assert torch.allclose(shared_grads[name], grad, rtol=1e-3, atol=1e-6), name
 
 
-@pytest.mark.parametrize("options", [{}, {"top_k": 7}, {"top_p": 0.8, "temperature": 0.7}])
+@pytest.mark.parametrize("options", [{}, {"top_k": 7}, {"top_p": 0.8, "temperature": 0.7}, {"min_new_tokens": 12}])
 def test_sampling_draws_the_same_tokens_as_generate(tiny, options):
     model, processor = tiny[0].eval(), tiny[1]
     tok = processor.tokenizer
@@ -107,7 +107,8 @@ def test_sampling_draws_the_same_tokens_as_generate(tiny, options):
     prompts = repeat_prompts(batch, G)
     expected = model.generate(**prompts, do_sample=True, max_new_tokens=16, suppress_tokens=suppressed_token_ids(tok),
                               top_k=options.get("top_k"), top_p=options.get("top_p", 1.0),
-                              temperature=options.get("temperature", 1.0), **special)[:, prompts["input_ids"].shape[1]:]
+                              temperature=options.get("temperature", 1.0), min_new_tokens=options.get("min_new_tokens", 0),
+                              **special)[:, prompts["input_ids"].shape[1]:]
     torch.manual_seed(3)
     ours = sample_groups(model, prompt_inputs(batch), G, 16, suppress_token_ids=suppressed_token_ids(tok),
                          **options, **special)
@@ -140,6 +141,12 @@ def test_sampling_stops_once_every_row_has_ended(tiny):
     assert ids.shape == (2 * G, 3)  # no token is sampled after the last row ends
     assert ids[0].tolist() == [tok.eos_token_id, tok.pad_token_id, tok.pad_token_id]
     assert ids[5].tolist() == [35, 35, tok.eos_token_id]
+    # min_new_tokens blocks the end of turn until then: every row ends exactly at token 6.
+    model.lm_head = EndsAfterThree()
+    ids = sample_groups(model, prompt_inputs(batch), G, 16, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                        min_new_tokens=5)
+    assert ids.shape == (2 * G, 6)
+    assert (ids[:, 5] == tok.eos_token_id).all() and not (ids[:, :5] == tok.eos_token_id).any()
 
 
 def test_filter_logits_keeps_the_top_k_and_the_nucleus():

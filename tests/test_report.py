@@ -267,3 +267,16 @@ def test_an_unfinished_run_from_before_sweep_keys_is_named_from_its_config(smoke
     assert result.status == "unfinished"
     assert (result.task, result.method, result.kl, result.seed, result.sweep, result.cell) == (
         "counting", "grpo_d", "grpo_d", 1, None, None)
+
+
+def test_runs_table_gives_device_hours_per_cell():
+    from othink_mr1.report.tables import runs_table
+
+    gpu_run = RunResult(run_name="geoqa_grpo_d_qwen2_vl_2b_instruct_seed1", mode="train", model="qwen2_vl_2b_instruct",
+                        status="finished", task="geoqa", method="grpo_d", kl="grpo_d", seed=1, seconds=5400.0,
+                        train_seconds=5000.0, devices=8, accuracy={"geoqa": 0.5})
+    unknown = RunResult(run_name="old", mode="train", model="qwen2_vl_2b_instruct", status="finished", task="geoqa",
+                        method="sft", kl="none", seed=1, seconds=60.0, accuracy={"geoqa": 0.4})
+    table = runs_table([gpu_run, unknown])
+    column = table.columns.index("device h")
+    assert {row[0]: row[column] for row in table.rows} == {gpu_run.run_name: "12.000", "old": "—"}

@@ -121,6 +121,21 @@ def check_grpo(cfg: DictConfig) -> None:
         raise ConfigError(f"kl={cfg.kl.name}: {exc}") from None
 
 
+def check_devices(trainer_cfg: Any) -> None:
+    """The requested accelerator and device count exist here (a SLURM job sees its own GPUs)."""
+    import torch
+
+    if trainer_cfg.accelerator in ("gpu", "cuda"):
+        available = torch.cuda.device_count()
+        if available == 0:
+            raise ConfigError(f"trainer.accelerator={trainer_cfg.accelerator} but no CUDA device is visible; use "
+                              "trainer=cpu (or trainer.accelerator=cpu)")
+        wanted = world_size(trainer_cfg) // max(trainer_cfg.num_nodes, 1)
+        if wanted > available:
+            raise ConfigError(f"trainer.devices={trainer_cfg.devices}: {wanted} GPUs per node requested, {available} "
+                              "visible")
+
+
 def check_config(cfg: DictConfig) -> dict[str, Any]:
     """All semantic checks; returns the eval task configs."""
     if cfg.mode not in ("train", "eval"):
@@ -134,6 +149,7 @@ def check_config(cfg: DictConfig) -> dict[str, Any]:
         check_task(task, "task" if name == cfg.task.name else f"tasks.{name}")
     if cfg.eval.batch_size < 1:
         raise ConfigError(f"eval.batch_size={cfg.eval.batch_size}: must be at least 1")
+    check_devices(cfg.trainer)
     if cfg.mode == "train":
         check_task(cfg.task, "task")
         check_method(cfg)

@@ -188,6 +188,9 @@ class GRPOConfig(MethodConfig):
     # transformers' default top_k = 50.
     top_k: int = 0
     max_completion_length: int = 512
+    # The end-of-turn token is blocked before this many tokens (0: off). For benchmarks that need equal
+    # completion lengths (bench/grpo_vs_trl.py), like generate()'s min_new_tokens.
+    min_completion_length: int = 0
     # Reward name -> weight; total = sum(weight * reward). format weight = the paper's alpha.
     rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 1.0})
     # (r - mean) / (std + 1e-4) within each group; False keeps r - mean (Dr. GRPO).
@@ -278,6 +281,14 @@ class TrainerConfig:
     num_threads: Optional[int] = None
     # Save checkpoints/last.ckpt every N optimizer steps (and at the end), for resume.
     checkpoint_every_n_steps: Optional[int] = 50
+    # strategy=fsdp: module classes that become FSDP units (empty: the model's _no_split_modules,
+    # i.e. Qwen2-VL's decoder layers and ViT blocks), and torch's ShardingStrategy name.
+    fsdp_wrap: list[str] = field(default_factory=list)
+    fsdp_sharding: str = "FULL_SHARD"
+    # After every optimizer step: identical parameters on all ranks, each prompt's completions on one
+    # rank (written to <run_dir>/distributed_checks.jsonl). For debugging a cluster set-up; costs a
+    # parameter hash and an all_gather per step.
+    check_distributed: bool = False
 
 
 @dataclass

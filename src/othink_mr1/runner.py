@@ -22,6 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from .budget import Budget, budget_line, train_budget
 from .checks import check_config
+from .preflight import preflight
 from .config import run_identity
 from .data.datamodule import VLMDataModule
 from .evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
@@ -97,7 +98,9 @@ def write_wandb_summary(loggers: list[Any], results: dict[str, Any]) -> None:
     """eval/<task>/acc for every eval task (and the row zero's, when measured) in the wandb summary."""
     from pytorch_lightning.loggers import WandbLogger
 
-    summary: dict[str, Any] = {"status": "finished", "seconds": results["seconds"]}
+    summary: dict[str, Any] = {"status": "finished", "seconds": results["seconds"],
+                               "hardware/devices": results["hardware"]["devices"],
+                               "hardware/accelerator": results["hardware"]["accelerator"]}
     for stage, prefix in (("after", "eval"), ("before", "row_zero")):
         for task, scores in (results.get(stage) or {}).items():
             summary[f"{prefix}/{task}/acc"] = scores["accuracy"]
@@ -138,15 +141,21 @@ def log_failed_run(cfg: DictConfig, run_dir: Path, error: str) -> None:
     run.finish(exit_code=1)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Budget | None) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Budget | None,
+                  model: Any = None) -> pl.Trainer:
     from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from .utils.distributed import DistributedChecks, build_strategy
 
     t = cfg.trainer
     kwargs: dict[str, Any] = dict(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(t, model),
         precision=t.precision, log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar, logger=loggers, default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
+        # Our samplers shard by rank themselves: the training stream keeps each micro-batch's prompts
+        # (and so each group) on one rank, and evaluation never pads shards with repeated items.
+        use_distributed_sampler=False,
     )
     if cfg.mode != "train":
         return pl.Trainer(enable_checkpointing=False, **kwargs)
@@ -154,10 +163,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
     every = cfg.eval.every_n_steps
     micro_per_step = m.accumulate_grad_batches / (m.num_iterations if m.name == "grpo" else 1)
     # The loader spans the whole run (one "epoch"); max_steps is the limit that binds.
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=str(run_dir / CHECKPOINT.parent), save_last=True, save_top_k=0,
+                                            every_n_train_steps=t.checkpoint_every_n_steps or None)]
+    if t.check_distributed:
+        callbacks.append(DistributedChecks(run_dir / "distributed_checks.jsonl"))
     kwargs.update(
-        max_steps=budget.total_steps, max_epochs=1,
-        callbacks=[ModelCheckpoint(dirpath=str(run_dir / CHECKPOINT.parent), save_last=True, save_top_k=0,
-                                   every_n_train_steps=t.checkpoint_every_n_steps or None)],
+        max_steps=budget.total_steps, max_epochs=1, callbacks=callbacks,
         # In-training validation counts micro-batches; None disables it (before/after only).
         val_check_interval=max(1, round(every * micro_per_step)) if every else None,
         check_val_every_n_epoch=None if every else 1,
@@ -300,9 +311,10 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     eval_kwargs = dict(eval_spec=spec, eval_names=dm.eval_names, eval_dir=run_dir / "eval",
                        write_completions=cfg.eval.write_completions)
     module = build_module(cfg, model, processor, budget, train_loader.position if train else None, eval_kwargs)
+    preflight(cfg.model, model, train_loader, {name: dm.eval_dataloader(name) for name in dm.eval_names})
     with wandb_closed():
         loggers = build_loggers(cfg, run_dir, resumes, dm.eval_names)
-        trainer = build_trainer(cfg, run_dir, loggers, budget)
+        trainer = build_trainer(cfg, run_dir, loggers, budget, model)
         before = row_zero(trainer, module, dm, run_dir) if (train and cfg.eval.row_zero) else None
         train_seconds = None
         if train:
@@ -325,6 +337,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
                        "resumed_from": str(resume_from) if resume_from else None, **budget.as_dict()}
                       if train else None),
             "seconds": round(time.time() - started, 1),
+            "hardware": hardware(trainer),
         }
         if trainer.is_global_zero:
             # Written last: its presence marks the run finished (and protects it from reruns).
@@ -332,6 +345,16 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
             write_json(run_dir / FINISHED_MARKER, results)
             print(results_table(results), flush=True)
     return results
+
+
+def hardware(trainer: pl.Trainer) -> dict[str, Any]:
+    """What the run ran on, for device-hours per cell: accelerator kind, devices over all nodes, and the
+    GPU model and peak GPU memory where there is one."""
+    accelerator = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
+    cuda = accelerator == "cuda" and torch.cuda.is_available()
+    return {"accelerator": accelerator, "devices": int(trainer.world_size), "gpu": torch.cuda.get_device_name(0) if cuda else None,
+            # This process's peak (rank zero's under data parallelism).
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
 
 
 def results_table(results: dict[str, Any]) -> str:

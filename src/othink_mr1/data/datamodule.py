@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from .collate import PromptCollator, SFTCollator
 from .records import DataError
-from .sampling import ResumableLoader
+from .sampling import ResumableLoader, ShardSampler
 from .tasks import TaskSplit, load_split
 
 log = logging.getLogger(__name__)
@@ -73,16 +73,18 @@ class VLMDataModule(pl.LightningDataModule):
             raise RuntimeError("VLMDataModule.train_num_batches must be set from the run's budget")
         processor = self._require_processor()
         if self.method == "sft":
-            collate = SFTCollator(processor, self.task.prompt, self.loss_on)
+            collate = SFTCollator(processor, self.task.prompt, self.loss_on, split=f"{self.task.name} train")
         else:
-            collate = PromptCollator(processor, self.task.prompt)
+            collate = PromptCollator(processor, self.task.prompt, split=f"{self.task.name} train")
         return ResumableLoader(self.train_split, batch_size=self.train_batch_size, num_batches=self.train_num_batches,
                                seed=self.seed, collate_fn=collate, num_workers=self.num_workers)
 
     def eval_dataloader(self, name: str) -> DataLoader:
         task = self.eval_tasks[name]
-        collate = PromptCollator(self._require_processor(), task.eval_prompt or task.prompt)
-        return DataLoader(self.eval_splits[name], batch_size=self.eval_batch_size, shuffle=False,
+        collate = PromptCollator(self._require_processor(), task.eval_prompt or task.prompt, split=f"{name} test")
+        split = self.eval_splits[name]
+        # Each rank scores its own shard (no padding repeats); the harness gathers them.
+        return DataLoader(split, batch_size=self.eval_batch_size, sampler=ShardSampler(len(split)),
                           collate_fn=collate, num_workers=self.num_workers)
 
     def val_dataloader(self) -> list[DataLoader]:

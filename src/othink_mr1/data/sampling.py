@@ -77,3 +77,19 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.position.consumed = int(state["consumed"])
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation items for this rank: r, r + world, r + 2 world, ... Unlike DistributedSampler it
+    never pads the shards with repeats, so across ranks every test item is scored exactly once."""
+
+    def __init__(self, dataset_len: int):
+        self.dataset_len = dataset_len
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = _rank_and_world()
+        return iter(range(rank, self.dataset_len, world))
+
+    def __len__(self) -> int:
+        rank, world = _rank_and_world()
+        return len(range(rank, self.dataset_len, world))

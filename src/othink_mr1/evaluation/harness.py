@@ -70,7 +70,7 @@ class EvalAccumulator:
         scorer = get_scorer(self.spec.scorers[task])
         bucket = self.items.setdefault(task, {})
         for question, answer, index, text, n in zip(meta["questions"], meta["answers"], meta["indices"], outputs, lengths):
-            # Keyed by item index: distributed samplers repeat items to even out shards.
+            # Keyed by item index, so gathering the ranks' shards can check that none overlap.
             bucket[index] = score_item(scorer, text, answer, question=question, completion_tokens=n)
 
     def ordered(self, task: str) -> list[ItemResult]:
@@ -88,9 +88,14 @@ def gather_items(items: dict[str, dict[int, ItemResult]]) -> dict[str, dict[int,
     gathered: list[Any] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, items)
     merged: dict[str, dict[int, ItemResult]] = {}
-    for part in gathered:
+    for rank, part in enumerate(gathered):
         for task, bucket in part.items():
-            merged.setdefault(task, {}).update(bucket)
+            target = merged.setdefault(task, {})
+            twice = sorted(set(bucket) & set(target))
+            if twice:
+                raise RuntimeError(f"evaluation: {task} items {twice[:5]} were scored on rank {rank} and on another "
+                                   "rank; every test item must be scored once (ShardSampler)")
+            target.update(bucket)
     return merged
 
 

@@ -86,6 +86,9 @@ class GRPOModule(TrainableModule):
         # LoRA: the reference is the policy with its adapters switched off (the frozen base).
         self.adapter_reference = adapter_reference
         self._buffer: list[Rollout] = []
+        # (prompt index, completions sampled for it) of this rank since the last check; read and
+        # cleared by utils.distributed.DistributedChecks.
+        self.rollout_groups: list[tuple[int, int]] = []
 
     @property
     def reference(self) -> torch.nn.Module | None:
@@ -121,7 +124,7 @@ class GRPOModule(TrainableModule):
         was_training = self.model.training
         self.model.eval()
         sampling = dict(temperature=m.temperature, top_p=m.top_p, top_k=m.top_k or None, pad_token_id=tok.pad_token_id,
-                        eos_token_id=tok.eos_token_id)
+                        eos_token_id=tok.eos_token_id, min_new_tokens=min(m.min_completion_length, self.max_new_tokens))
         if self.shares_prompts(batch):
             # One prefill per prompt, a preallocated cache, the same sampling rules as generate().
             sampling["top_k"] = m.top_k
@@ -186,7 +189,11 @@ class GRPOModule(TrainableModule):
 
     # ------------------------------------------------------------------------------------ update
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._buffer.append(self.build_rollout(batch, self.sample(batch)))
+        rollout = self.build_rollout(batch, self.sample(batch))
+        self._buffer.append(rollout)
+        indices = batch["meta"].get("indices") or []
+        self.rollout_groups.extend((int(i), rollout.num_sequences // max(len(indices), 1)) for i in indices)
+        del self.rollout_groups[:-4096]  # bounded when no check reads it
         self.samples_seen += len(batch["meta"]["answers"]) * self.trainer.world_size
         if len(self._buffer) == self.method.accumulate_grad_batches:
             rollouts, self._buffer = self._buffer, []

@@ -130,7 +130,7 @@ def filter_logits(scores: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 @torch.no_grad()
 def sample_groups(model: torch.nn.Module, prompts: dict[str, torch.Tensor], group_size: int, max_new_tokens: int, *,
                   eos_token_id: int, pad_token_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  suppress_token_ids: list[int] | tuple[int, ...] = ()) -> torch.Tensor:
+                  suppress_token_ids: list[int] | tuple[int, ...] = (), min_new_tokens: int = 0) -> torch.Tensor:
     """Completion ids [prompts x group_size, C] sampled from `model`, C <= max_new_tokens; row i
     continues prompt i // group_size; after a row's end-of-turn token come pad tokens."""
     G = group_size
@@ -157,6 +157,8 @@ def sample_groups(model: torch.nn.Module, prompts: dict[str, torch.Tensor], grou
         scores = head(hidden).float()
         if suppress.numel():
             scores[:, suppress] = float("-inf")
+        if step < min_new_tokens:
+            scores[:, eos_token_id] = float("-inf")
         scores = filter_logits(scores / temperature, top_k, top_p)
         next_tokens = torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(1)
         next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad_token_id))

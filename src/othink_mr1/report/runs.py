@@ -42,6 +42,7 @@ class RunResult:
     accuracy: dict[str, float] = field(default_factory=dict)  # eval task -> accuracy in [0, 1]
     seconds: float | None = None
     train_seconds: float | None = None
+    devices: int | None = None  # processes (GPUs on a GPU run) over all nodes
     error: str | None = None
     # metric -> [(optimizer step, value)], for the figures; filled by sources that have them.
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
@@ -88,7 +89,8 @@ def read_run_dir(run_dir: Path, with_curves: bool = True) -> RunResult | None:
         payload = json.loads(results.read_text())
         result = RunResult(**_identity(payload), status="finished",
                            accuracy={t: s["accuracy"] for t, s in (payload.get("after") or {}).items()},
-                           seconds=payload.get("seconds"), train_seconds=(payload.get("train") or {}).get("seconds"))
+                           seconds=payload.get("seconds"), train_seconds=(payload.get("train") or {}).get("seconds"),
+                           devices=(payload.get("hardware") or {}).get("devices"))
     elif error.exists():
         payload = json.loads(error.read_text())
         if payload.get("mode") is None and config.exists():
@@ -175,6 +177,7 @@ def run_from_wandb(config: dict[str, Any], summary: dict[str, Any], exit_code: i
         status = "unfinished"
     result = RunResult(**ident, status=status, accuracy=accuracy if status == "finished" else {},
                        seconds=summary.get("seconds"), train_seconds=summary.get("train/seconds"),
+                       devices=summary.get("hardware/devices"),
                        error=summary.get("error"))
     curves: dict[str, dict[int, float]] = {m: {} for m in CURVE_METRICS}
     for row in history:

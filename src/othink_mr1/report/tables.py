@@ -245,16 +245,19 @@ def cross_task_table(runs: list[RunResult], paper: bool = False) -> Table | None
 
 
 def runs_table(runs: list[RunResult]) -> Table:
-    """Every run: status, time and accuracy on every eval task (how long each cell took)."""
+    """Every run: status, time, device-hours (seconds x devices; GPU-hours on GPU runs) and accuracy
+    on every eval task (what each cell cost)."""
     models, rows, _ = index_runs(runs)
     eval_tasks = ordered([t for r in runs for t in r.accuracy])
-    table = Table(title="Runs", columns=["run", "cell", "task", "seed", "status", "train s", "total s", *eval_tasks], rows=[])
+    table = Table(title="Runs", columns=["run", "cell", "task", "seed", "status", "train s", "total s", "device h",
+                                         *eval_tasks], rows=[])
     order = {(m, k): i for i, (m, k) in enumerate((m, k) for m in models for k in rows[m])}
     for run in sorted(runs, key=lambda r: (order[(r.model, row_key(r))], r.task or "", r.seed or 0, r.run_name)):
         line = [run.run_name, row_key(run), run.task or "—", "—" if run.seed is None or run.mode == "eval" else str(run.seed),
                 run.status + (f": {run.error}" if run.error else ""),
                 "—" if run.train_seconds is None else f"{run.train_seconds:.1f}",
-                "—" if run.seconds is None else f"{run.seconds:.1f}"]
+                "—" if run.seconds is None else f"{run.seconds:.1f}",
+                "—" if run.seconds is None or run.devices is None else f"{run.seconds * run.devices / 3600:.3f}"]
         line += [f"{100 * run.accuracy[t]:.2f}" if t in run.accuracy else "—" for t in eval_tasks]
         table.rows.append(line)
     return table

@@ -24,5 +24,9 @@ def quiet_third_party() -> None:
         ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
         # GRPO checkpoints after its optimizer step on purpose (the state a resume continues from).
         ".*ModelCheckpoint with manual optimization and every_n_train_steps.*",
+        # Evaluation metrics are computed from items gathered from every rank, so they are already
+        # equal on all ranks: no sync_dist reduction is needed.
+        ".*It is recommended to use `self.log\\('eval/.*sync_dist=True.*",
+        ".*It is recommended to use `self.log\\('progress/.*sync_dist=True.*",
     ):
         warnings.filterwarnings("ignore", pattern)

@@ -1,0 +1,77 @@
+"""Checks that need the loaded model and data, run after loading and before the first step (and
+before the row-zero evaluation). Each one fails with a message that names what disagrees.
+
+1. The image budget (min/max pixels), the patch geometry and the chat template are the same for
+   training and for every evaluation split, and match `model.*` and the model's vision config.
+2. The first training micro-batch and the first batch of every evaluation split collate, which
+   checks that each sample's image tokens match the features its image grid gives (the collators
+   check this on every batch; here it happens before any time is spent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from typing import Any
+
+import torch
+
+from .utils.errors import ConfigError
+
+
+class PreflightError(ConfigError):
+    """The model, processor and data disagree; found before training."""
+
+
+def processor_settings(processor: Any) -> dict[str, Any]:
+    """What decides how an image and a prompt become tokens."""
+    ip = processor.image_processor
+    size = dict(getattr(ip, "size", None) or {})
+    template = getattr(processor, "chat_template", None) or ""
+    return {
+        "min_pixels": size.get("shortest_edge", getattr(ip, "min_pixels", None)),
+        "max_pixels": size.get("longest_edge", getattr(ip, "max_pixels", None)),
+        "patch_size": getattr(ip, "patch_size", None),
+        "merge_size": getattr(ip, "merge_size", None),
+        "temporal_patch_size": getattr(ip, "temporal_patch_size", None),
+        "chat_template": hashlib.sha256(template.encode()).hexdigest()[:12] if template else None,
+    }
+
+
+def check_processors(model_cfg: Any, model: torch.nn.Module, train_processor: Any, eval_processors: dict[str, Any]) -> None:
+    reference = processor_settings(train_processor)
+    for key in ("min_pixels", "max_pixels"):
+        if reference[key] != model_cfg[key]:
+            raise PreflightError(f"preflight: model.{key}={model_cfg[key]} but the processor uses {key}={reference[key]}")
+    vision = getattr(model.config, "vision_config", None)
+    if vision is not None:
+        expected = {"patch_size": getattr(vision, "patch_size", None),
+                    "merge_size": getattr(vision, "spatial_merge_size", None),
+                    "temporal_patch_size": getattr(vision, "temporal_patch_size", None)}
+        for key, value in expected.items():
+            if value is not None and reference[key] is not None and reference[key] != value:
+                raise PreflightError(f"preflight: the processor's {key}={reference[key]} but the model's vision config has "
+                                     f"{value}: processor and weights come from different models")
+    for name, processor in eval_processors.items():
+        settings = processor_settings(processor)
+        differences = [f"{k}={settings[k]!r} (training: {reference[k]!r})" for k in reference if settings[k] != reference[k]]
+        if differences:
+            raise PreflightError(f"preflight: evaluation on '{name}' would use {', '.join(differences)}; training and "
+                                 "evaluation must turn images and prompts into tokens the same way")
+
+
+def first_batch(loader: Any, size: int) -> list[Any]:
+    """The examples of the loader's first batch (in its sampler's order), without consuming it."""
+    indices = list(itertools.islice(iter(loader.sampler), size)) if loader.sampler is not None else range(size)
+    return [loader.dataset[i] for i in indices]
+
+
+def preflight(model_cfg: Any, model: torch.nn.Module, train_loader: Any | None, eval_loaders: dict[str, Any]) -> None:
+    loaders = ({"train": train_loader} if train_loader is not None else {}) | eval_loaders
+    processors = {name: loader.collate_fn.processor for name, loader in loaders.items()}
+    train_processor = processors.pop("train", None) or next(iter(processors.values()))
+    check_processors(model_cfg, model, train_processor, processors)
+    for loader in loaders.values():
+        examples = first_batch(loader, loader.batch_size or 1)
+        if examples:
+            loader.collate_fn(examples)  # raises DataError naming the split and item

@@ -1,0 +1,99 @@
+"""Lightning strategies from `trainer.strategy`, and an opt-in check that data parallelism holds.
+
+The engines are Lightning's (DDP over torch.distributed, FSDP, DeepSpeed); nothing here launches or
+communicates on its own beyond the check's one all_gather per optimizer step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from .errors import ConfigError
+
+DEEPSPEED_STRATEGIES = ("deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_2_offload", "deepspeed_stage_3_offload")
+
+
+def transformer_block_classes(model: torch.nn.Module, names: list[str] | None = None) -> set[type]:
+    """Module classes to shard as FSDP units: `names`, or the model's own `_no_split_modules`
+    (Qwen2-VL: its decoder layers and ViT blocks)."""
+    wanted = set(names or [])
+    if not wanted:
+        for module in model.modules():
+            wanted.update(getattr(module, "_no_split_modules", None) or [])
+    classes = {type(m) for m in model.modules() if type(m).__name__ in wanted}
+    if not classes:
+        raise ConfigError(f"trainer.fsdp_wrap={sorted(wanted)}: no module of this model has one of these classes")
+    return classes
+
+
+def build_strategy(trainer_cfg: Any, model: torch.nn.Module) -> Any:
+    """The `strategy=` argument for pl.Trainer."""
+    name = trainer_cfg.strategy
+    if name == "fsdp":
+        from pytorch_lightning.strategies import FSDPStrategy
+
+        return FSDPStrategy(auto_wrap_policy=transformer_block_classes(model, list(trainer_cfg.fsdp_wrap)),
+                            sharding_strategy=trainer_cfg.fsdp_sharding, state_dict_type="full")
+    if name in DEEPSPEED_STRATEGIES and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"trainer.strategy={name} needs the deepspeed package (pip install deepspeed, on a CUDA "
+                          "machine); it is not installed")
+    return name
+
+
+def parameter_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of every parameter's exact bytes: equal fingerprints mean identical weights."""
+    digest = hashlib.sha256()
+    for name, param in module.named_parameters():
+        digest.update(name.encode())
+        digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class DistributedChecks(pl.Callback):
+    """`trainer.check_distributed=true`: after every optimizer step, all ranks must hold identical
+    parameters, and every prompt's G completions must have been sampled and scored on one rank.
+    Rank zero appends one JSON line per step to `path`; a violation stops the run with the step."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._last_step = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self._last_step:  # accumulating: no optimizer step yet
+            return
+        self._last_step = trainer.global_step
+        groups = list(getattr(pl_module, "rollout_groups", []))
+        if hasattr(pl_module, "rollout_groups"):
+            pl_module.rollout_groups.clear()
+        local = {"rank": trainer.global_rank, "fingerprint": parameter_fingerprint(pl_module.model), "groups": groups}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, local)
+        else:
+            gathered = [local]
+        owners: dict[int, list[int]] = {}
+        for part in gathered:
+            for prompt, _ in part["groups"]:
+                owners.setdefault(prompt, []).append(part["rank"])
+        record = {
+            "step": int(trainer.global_step),
+            "identical_parameters": len({p["fingerprint"] for p in gathered}) == 1,
+            "ranks": [{"rank": p["rank"], "prompts": [g[0] for g in p["groups"]],
+                       "completions_per_prompt": [g[1] for g in p["groups"]]} for p in gathered],
+            "prompts_on_several_ranks": sorted(k for k, v in owners.items() if len(set(v)) > 1),
+        }
+        if trainer.is_global_zero:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if not record["identical_parameters"]:
+            raise RuntimeError(f"distributed check: the ranks' parameters differ after optimizer step {record['step']}")
+        if record["prompts_on_several_ranks"]:
+            raise RuntimeError(f"distributed check: prompts {record['prompts_on_several_ranks'][:5]} were rolled out on "
+                               f"several ranks at step {record['step']}")
