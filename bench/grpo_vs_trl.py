@@ -10,9 +10,10 @@ completions per prompt of exactly --tokens tokens (min = max new tokens), temper
 both compute a reference, one update per rollout (mu 1), the per-sequence token-mean loss ("grpo"),
 the accuracy + format reward, AdamW, fp32, no gradient checkpointing, the same torch threads.
 
-First, the equal-work check: TRL samples one rollout and both sides score it; prompt tokens,
-completion masks, advantages, policy and reference log-probs, KL and loss must agree to float
-tolerance. Then one warm-up round each, then --pairs rounds of --steps optimizer steps of ours
+First, the equal-work check (after one optimizer step of ours, whose weights TRL's policy then
+takes, so the policy and the reference differ): TRL samples one rollout and both sides score it;
+prompt tokens, completion masks, advantages, policy and reference log-probs, KL and loss must agree to
+float tolerance. Then one warm-up step of TRL's, then --pairs rounds of --steps optimizer steps of ours
 followed by as many of TRL's. A step is timed from its start to the end of its optimizer step
 (sampling, rewards, reference, loss, backward, update). Printed: per-round medians, the median step
 of each system over all rounds with its min-max, and ours / TRL per round and overall.
@@ -89,7 +90,7 @@ def trl_side(args: argparse.Namespace, ours: dict[str, Any], out: Path) -> Any:
         output_dir=str(out / "trl"), per_device_train_batch_size=P * G, gradient_accumulation_steps=1,
         num_generations=G, max_completion_length=T, generation_kwargs={"min_new_tokens": T}, temperature=1.0,
         top_p=1.0, top_k=0, beta=BETA, loss_type="grpo", num_iterations=1, scale_rewards="group",
-        learning_rate=LR, lr_scheduler_type="constant", warmup_ratio=0.0, bf16=False, fp16=False,
+        learning_rate=LR, lr_scheduler_type="constant", bf16=False, fp16=False,
         gradient_checkpointing=False, use_cpu=True, report_to=[], logging_steps=10**6, save_strategy="no",
         log_completions=False, max_steps=args.steps, seed=0, dataloader_num_workers=0, disable_tqdm=True,
     )
@@ -98,7 +99,9 @@ def trl_side(args: argparse.Namespace, ours: dict[str, Any], out: Path) -> Any:
 
 
 def equal_work_check(args: argparse.Namespace, ours: dict[str, Any], trl: Any) -> dict[str, float]:
-    """One TRL rollout scored by both sides; every quantity the loss uses must agree."""
+    """One TRL rollout scored by both sides; every quantity the loss uses must agree. Run after our
+    warm-up step, with our updated policy copied into TRL's model, so the policy differs from the
+    reference and the KL term is not trivially zero."""
     import torch
 
     from othink_mr1.methods.grpo import completion_mask
@@ -106,6 +109,7 @@ def equal_work_check(args: argparse.Namespace, ours: dict[str, Any], trl: Any) -
 
     P, G = args.prompts, args.generations
     module, split = ours["module"], ours["split"]
+    trl.model.load_state_dict(module.model.state_dict())
     trl.model.train()
     rows = [trl.train_dataset[i] for i in range(P) for _ in range(G)]  # TRL's sampler repeats each prompt G times
     torch.manual_seed(0)
@@ -128,6 +132,7 @@ def equal_work_check(args: argparse.Namespace, ours: dict[str, Any], trl: Any) -
             pixel_values=out.get("pixel_values"), image_grid_thw=out.get("image_grid_thw"),
             num_images=out.get("num_images"), mm_token_type_ids=out.get("mm_token_type_ids"))
         our_logp = module.log_probs(module.model, rollout)
+        trl.current_gradient_accumulation_steps = 1  # set by train(); one micro-batch per step here
         trl_loss = trl.compute_loss(trl.model, out)
         our_loss, stats = grpo_loss(our_logp, rollout.advantages, rollout.completion_mask, ref_logp=rollout.ref_logp,
                                     beta=BETA, aggregation="grpo")
@@ -141,14 +146,15 @@ def equal_work_check(args: argparse.Namespace, ours: dict[str, Any], trl: Any) -
         "kl": abs(float(stats["kl"]) - float(trl_kl)),
         "loss": abs(float(our_loss) - float(trl_loss)),
     }
-    tolerance = {"advantages": 1e-5, "policy_logp": 1e-4, "reference_logp": 1e-4, "kl": 1e-5, "loss": 1e-5}
+    assert float(stats["kl"]) > 0, "the policy should differ from the reference after a step"
+    tolerance = {"advantages": 1e-5, "policy_logp": 1e-4, "reference_logp": 1e-4, "kl": 1e-6, "loss": 1e-5}
     failed = {k: v for k, v in diffs.items() if not v <= tolerance[k]}
     print(f"[check] one TRL rollout ({P} prompts x G={G}) scored by both: max |difference| "
-          + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()) + (f"  FAILED: {failed}" if failed else "  -> equal work"),
-          flush=True)
+          + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()) + f" (KL itself {float(stats['kl']):.2e}, loss "
+          f"{float(our_loss):.3e})" + (f"  FAILED: {failed}" if failed else "  -> equal work"), flush=True)
     if failed:
         raise SystemExit(f"equal-work check failed: {failed}")
-    return diffs
+    return {"max_abs_difference": diffs, "kl": float(stats["kl"]), "loss": float(our_loss)}
 
 
 def time_ours(ours: dict[str, Any], steps: int) -> list[float]:
@@ -207,9 +213,9 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="grpo_vs_trl_"))
     ours = our_side(args, out)
     trl = trl_side(args, ours, out)
+    time_ours(ours, 1)  # warm-up (first-call allocations, lazy imports); moves the policy off the reference
     check = equal_work_check(args, ours, trl)
-
-    time_ours(ours, 1), time_trl(trl, 1)  # warm-up: first-call allocations and lazy imports
+    time_trl(trl, 1)
     rounds = []
     for pair in range(args.pairs):
         ours_times, trl_times = time_ours(ours, args.steps), time_trl(trl, args.steps)

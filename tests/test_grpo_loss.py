@@ -130,8 +130,12 @@ def test_group_advantages_use_the_unbiased_std_per_group():
     assert group_advantages(rewards, 4, scale=False)[:4].tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25])
 
 
-def test_token_log_probs_is_a_temperature_scaled_log_softmax_gather():
+@pytest.mark.parametrize("chunk", [1 << 24, 55, 1])  # whole batch, one row (5 x 11 = 55), one row (minimum)
+def test_token_log_probs_is_a_temperature_scaled_log_softmax_gather(monkeypatch, chunk):
+    from othink_mr1.methods import grpo_loss as module
+
+    monkeypatch.setattr(module, "LOG_SOFTMAX_CHUNK", chunk)
     torch.manual_seed(1)
-    logits, ids = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
+    logits, ids = torch.randn(3, 5, 11), torch.randint(0, 11, (3, 5))
     expected = torch.gather((logits / 0.7).log_softmax(-1), 2, ids.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(token_log_probs(logits, ids, temperature=0.7), expected, atol=1e-6)

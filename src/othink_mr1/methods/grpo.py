@@ -22,7 +22,13 @@ import torch
 
 from ..evaluation.harness import suppressed_token_ids
 from ..rewards.functions import compute_rewards
-from ..models.prefix_sharing import grouped_completion_logits, prompt_inputs, sample_groups, supports_prefix_sharing
+from ..models.prefix_sharing import (
+    grouped_completion_logits,
+    prompt_inputs,
+    sample_groups,
+    sequence_position_ids,
+    supports_prefix_sharing,
+)
 from .base import TrainableModule
 from .grpo_loss import StepSizes, group_advantages, grpo_loss, token_log_probs
 from .kl_schedules import KLSchedule
@@ -47,6 +53,7 @@ class Rollout:
     # (models/prefix_sharing.py); None runs `inputs` as they are.
     prompts: dict[str, torch.Tensor] | None = None
     group_size: int = 1
+    position_ids: torch.Tensor | None = None  # [3, N, P + C] mrope positions, computed once per rollout
 
     @property
     def num_sequences(self) -> int:
@@ -141,8 +148,11 @@ class GRPOModule(TrainableModule):
     def log_probs(self, model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
         """Per-token log-probs [N, C] of the completion under `model` (with grad if enabled)."""
         if rollout.prompts is not None:
+            if rollout.position_ids is None:
+                rollout.position_ids = sequence_position_ids(model, rollout.prompts, rollout.completion_ids,
+                                                             rollout.completion_mask, rollout.group_size)
             logits = grouped_completion_logits(model, rollout.prompts, rollout.completion_ids,
-                                               rollout.completion_mask, rollout.group_size)
+                                               rollout.completion_mask, rollout.group_size, rollout.position_ids)
         else:
             length = rollout.completion_ids.shape[1]
             logits = model(**rollout.inputs, logits_to_keep=length + 1).logits[:, :-1]

@@ -38,6 +38,14 @@ def supports_prefix_sharing(model: torch.nn.Module) -> bool:
             and _unwrapped(model).get_output_embeddings() is not None)
 
 
+def sequence_position_ids(model: torch.nn.Module, prompts: dict[str, torch.Tensor], completion_ids: torch.Tensor,
+                          completion_mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """`full_position_ids` for `model` (the same for the policy and its reference: positions depend on
+    the tokens and image grids only)."""
+    attention_mask = torch.cat([prompts["attention_mask"].repeat_interleave(group_size, dim=0), completion_mask], dim=1)
+    return full_position_ids(_unwrapped(model).model, prompts, completion_ids, attention_mask, group_size)
+
+
 def full_position_ids(inner: torch.nn.Module, prompts: dict[str, torch.Tensor], completion_ids: torch.Tensor,
                       attention_mask: torch.Tensor, group_size: int) -> torch.Tensor:
     """The [3, N, P + C] mrope positions the plain forward would compute for the G-times repeated
@@ -53,18 +61,21 @@ def full_position_ids(inner: torch.nn.Module, prompts: dict[str, torch.Tensor], 
 
 
 def grouped_completion_logits(model: torch.nn.Module, prompts: dict[str, torch.Tensor], completion_ids: torch.Tensor,
-                              completion_mask: torch.Tensor, group_size: int) -> torch.Tensor:
+                              completion_mask: torch.Tensor, group_size: int,
+                              position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Logits [N, C, V] predicting each completion token, N = prompts x group_size.
 
     prompts: the un-repeated, left-padded prompt batch (input_ids, attention_mask, mm_token_type_ids,
     pixel_values, image_grid_thw); completion row i belongs to prompt i // group_size.
+    position_ids: `full_position_ids` of these sequences, when the caller keeps them between passes.
     """
     G = group_size
     base = _unwrapped(model)
     inner = base.model
     P = prompts["input_ids"].shape[1]
     attention_mask = torch.cat([prompts["attention_mask"].repeat_interleave(G, dim=0), completion_mask], dim=1)
-    position_ids = full_position_ids(inner, prompts, completion_ids, attention_mask, G)
+    if position_ids is None:
+        position_ids = full_position_ids(inner, prompts, completion_ids, attention_mask, G)
 
     prompt_out = inner(**prompts, position_ids=position_ids[:, ::G, :P], use_cache=True,
                        past_key_values=DynamicCache(config=base.config.get_text_config()))
