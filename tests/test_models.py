@@ -95,19 +95,21 @@ def test_unknown_dtype_is_named():
 def test_tiny_base_lands_in_its_accuracy_window_on_both_synthetic_tasks():
     """Built on first use (about 1.5 minutes here) and cached; re-scored here from the cached weights."""
     from othink_mr1.models.factory import tiny_base_folder
-    from othink_mr1.models.tiny_base import evaluate_synthetic
+    from othink_mr1.models.tiny_base import BUILD_EVAL_MAX_NEW_TOKENS, evaluate_synthetic
 
     cfg = compose_config(["model=tiny_base"], shrink=False).model
     folder = tiny_base_folder(cfg, CACHE)
     report = json.loads((folder / "build_report.json").read_text())
     assert report["window"] == [0.15, 0.60]
     model, processor = load_local(folder)
-    summaries = evaluate_synthetic(model, processor, CACHE, cfg.max_new_tokens_cap)
+    assert cfg.max_new_tokens_cap == BUILD_EVAL_MAX_NEW_TOKENS  # the default cap is the one the build checks at
+    summaries = evaluate_synthetic(model, processor, CACHE, BUILD_EVAL_MAX_NEW_TOKENS)
     for task in ("counting", "geometry"):
         accuracy = summaries[task]["accuracy"]
         assert 0.15 <= accuracy <= 0.60, (task, accuracy)
         assert summaries[task]["n"] == 200
-        # The cached model scores exactly what the build measured: greedy decoding is deterministic.
+        # The cached model scores exactly what the build measured (greedy decoding is deterministic), at
+        # the build's own cap, whatever cap the run that triggered the build had.
         assert accuracy == pytest.approx(report["accuracy"][task])
         # It stands in for an instruct model: mostly in the R1 <think>/<answer> format.
         assert summaries[task]["format_rate"] > 0.8
