@@ -64,7 +64,7 @@ def check_method(cfg: DictConfig) -> None:
         raise ConfigError(f"method.name='{m.name}': expected one of {list(METHODS)}")
     if m.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"method.lr_schedule='{m.lr_schedule}': expected one of {list(LR_SCHEDULES)}")
-    for key in ("batch_size", "accumulate_grad_batches", "epochs"):
+    for key in ("batch_size", "accumulate_grad_batches", "epochs", "max_nonfinite_skips"):
         if m[key] < 1:
             raise ConfigError(f"method.{key}={m[key]}: must be at least 1")
     if m.max_steps is not None and m.max_steps < 1:

@@ -161,6 +161,9 @@ class MethodConfig:
     epochs: int = 1
     # Optimizer steps; overrides `epochs` when set.
     max_steps: Optional[int] = None
+    # A step with a non-finite loss, reward or gradient is skipped (counted, logged); this many in a
+    # row stop the run with an error.
+    max_nonfinite_skips: int = 3
 
 
 @dataclass

@@ -157,6 +157,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
         # (and so each group) on one rank, and evaluation never pads shards with repeated items.
         use_distributed_sampler=False,
     )
+    if t.strategy in ("auto", "ddp", "ddp_spawn", "single_device"):  # sharded strategies write their own files
+        from .utils.checkpoints import AtomicCheckpointIO
+
+        kwargs["plugins"] = [AtomicCheckpointIO()]
     if cfg.mode != "train":
         return pl.Trainer(enable_checkpointing=False, **kwargs)
     m = cfg.method
@@ -334,6 +338,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
             "prompts": {n: {"prompt": t.prompt, "eval_prompt": t.eval_prompt or t.prompt} for n, t in eval_tasks.items()},
             "before": before, "after": after,
             "train": ({"steps": int(trainer.global_step), "samples": module.samples_seen, "seconds": train_seconds,
+                       "skipped_steps": module.skipped_steps,
                        "resumed_from": str(resume_from) if resume_from else None, **budget.as_dict()}
                       if train else None),
             "seconds": round(time.time() - started, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,12 @@ import torch
 from ..data.sampling import StreamPosition
 from ..evaluation.harness import EvalAccumulator, EvalSpec, gather_items, generate, write_stage
 from .schedules import build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive optimizer steps had a non-finite loss, reward or gradient."""
 
 # Metric names under eval/<task>/...
 EVAL_METRICS = {
@@ -109,6 +116,9 @@ class TrainableModule(VLMModule):
         self.lora_cfg = lora_cfg
         self.strict_loading = lora_cfg is None
         self.samples_seen = 0
+        # Optimizer steps dropped for a non-finite loss, reward or gradient (in all; and in a row).
+        self.skipped_steps = 0
+        self.consecutive_skips = 0
         # Shared with the training loader: micro-batches consumed, saved with the loader's state.
         self.data_position = data_position
 
@@ -124,6 +134,29 @@ class TrainableModule(VLMModule):
         scheduler = build_scheduler(optimizer, self.total_steps, m.warmup_ratio, m.lr_schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def guard_update(self, **values: Any) -> bool:
+        """True when every value (loss, rewards, gradient norm, ...) is finite. Otherwise the step's
+        gradients are dropped (set to None: AdamW then leaves every parameter and its moments as they
+        were, while the step still counts, so the lr schedule and data stream stay aligned), the skip is
+        counted and logged, and `method.max_nonfinite_skips` skips in a row stop the run."""
+        bad = [name for name, value in values.items()
+               if value is not None and not bool(torch.isfinite(torch.as_tensor(value, dtype=torch.float32)).all())]
+        if not bad:
+            self.consecutive_skips = 0
+            return True
+        for param in self.trainable_parameters():
+            param.grad = None
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        log.warning("optimizer step %d skipped: non-finite %s (%d skipped so far, %d in a row)", self.global_step,
+                    ", ".join(bad), self.skipped_steps, self.consecutive_skips)
+        if self.consecutive_skips >= self.method.max_nonfinite_skips:
+            raise NonFiniteError(
+                f"{self.consecutive_skips} consecutive optimizer steps had a non-finite {', '.join(bad)} (the last at "
+                f"step {self.global_step}); stopping. Lower method.lr, check the reward functions, or raise "
+                f"method.max_nonfinite_skips={self.method.max_nonfinite_skips}")
+        return False
+
     def grad_norm(self) -> torch.Tensor | None:
         """Total L2 norm of the trainable parameters' gradients (before clipping)."""
         norms = [p.grad.detach().norm(2) for p in self.trainable_parameters() if p.grad is not None]
@@ -138,12 +171,14 @@ class TrainableModule(VLMModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
             checkpoint["lora"] = lora_config_dict(self.lora_cfg)
         checkpoint["samples_seen"] = self.samples_seen
+        checkpoint["skipped_steps"] = self.skipped_steps
         # Sampling and shuffling continue from the same random state after a resume.
         checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.samples_seen = int(checkpoint.get("samples_seen", 0))
+        self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
         rng = checkpoint.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])

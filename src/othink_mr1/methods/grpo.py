@@ -241,13 +241,15 @@ class GRPOModule(TrainableModule):
             beta = self.kl.value(self.global_step, self.total_steps)
             totals = self.accumulate_gradients(rollouts, beta)
             norm = self.grad_norm()
-            if m.max_grad_norm:
+            finite = self.guard_update(loss=totals["loss"], rewards=torch.cat([r.rewards for r in rollouts]),
+                                       kl=totals["kl"], grad_norm=norm)
+            if finite and m.max_grad_norm:
                 self.clip_gradients(optimizer, gradient_clip_val=m.max_grad_norm, gradient_clip_algorithm="norm")
             lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
+            optimizer.step()  # after a skip no parameter has a gradient: nothing moves
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            if self.has_reference:
+            if self.has_reference and finite:
                 self.kl.observe(totals["kl"])
             self.log_step(rollouts, totals, beta, lr, norm)
 
@@ -265,6 +267,7 @@ class GRPOModule(TrainableModule):
             "train/clip_ratio": totals["clip_ratio"],
             "train/completion_len": lengths.mean(),
             "train/lr": lr,
+            "train/skipped_steps": float(self.skipped_steps),
             "progress/samples": float(self.samples_seen),
         }
         if self.has_reference:

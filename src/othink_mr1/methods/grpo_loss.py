@@ -37,9 +37,15 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True)
     return centered.reshape(-1)
 
 
+# exp(20) = 4.9e8 is finite in fp32 and bf16; a policy that puts 20 nats less on a token than the
+# reference gets the same (huge) penalty as one at 20, instead of an inf that poisons the step.
+MAX_KL_LOG_RATIO = 20.0
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimate of KL(pi_theta || pi_ref) (Schulman, 2020): always >= 0, 0 iff equal."""
-    delta = ref_logp - logp
+    """Per-token k3 estimate of KL(pi_theta || pi_ref) (Schulman, 2020): always >= 0, 0 iff equal. The
+    log-ratio is capped at MAX_KL_LOG_RATIO so exp() cannot overflow."""
+    delta = (ref_logp - logp).clamp(max=MAX_KL_LOG_RATIO)
     return torch.exp(delta) - delta - 1.0
 
 

@@ -21,7 +21,10 @@ class SFTModule(TrainableModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Norm before clipping: what the clipping threshold is compared with.
+        # Norm before clipping: what the clipping threshold is compared with. A non-finite loss shows
+        # here too, as non-finite gradients.
         norm = self.grad_norm()
         if norm is not None:
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        self.guard_update(grad_norm=norm)
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
