@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
+import netrc
+import os
+import socket
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -61,13 +66,48 @@ def wandb_tags(identity: dict[str, Any]) -> list[str]:
     return [f"{k}:{identity[k]}" for k in keys if identity.get(k) is not None]
 
 
+WANDB_DEFAULT_HOST = "https://api.wandb.ai"
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_wandb_mode(mode: str) -> str:
+    """`logger.mode`, except that online without credentials or without a reachable server becomes
+    offline, with one warning per process: wandb would otherwise fail the run at its first log call or
+    wait on the network, and the local results must never depend on it. `wandb sync` uploads later."""
+    env_mode = os.environ.get("WANDB_MODE")
+    if mode != "online" or env_mode in ("offline", "disabled", "dryrun"):
+        return env_mode if mode == "online" and env_mode else mode
+    base_url = os.environ.get("WANDB_BASE_URL", WANDB_DEFAULT_HOST)
+    host = urllib.parse.urlparse(base_url).hostname or base_url
+    key = os.environ.get("WANDB_API_KEY")
+    if not key:
+        try:
+            entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+            key = entry[2] if entry else None
+        except (OSError, netrc.NetrcParseError):
+            key = None
+    if not key:
+        log.warning("logger.mode=online but no wandb credentials for %s (WANDB_API_KEY or `wandb login`): logging "
+                    "offline instead; `wandb sync <run_dir>/wandb/offline-run-*` uploads it later", host)
+        return "offline"
+    parsed = urllib.parse.urlparse(base_url)
+    port = parsed.port or (443 if parsed.scheme != "http" else 80)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        log.warning("logger.mode=online but %s:%s cannot be reached (%s): logging offline instead; `wandb sync` "
+                    "uploads it later", host, port, exc)
+        return "offline"
+    return "online"
+
+
 def wandb_run_args(cfg: DictConfig) -> dict[str, Any]:
     """One wandb run per cell: group = the sweep (logger.group overrides it), job_type = the method
     (eval for the base model), key:value tags."""
     identity = run_identity(cfg)
     return dict(name=cfg.run_name, project=cfg.logger.project, entity=cfg.logger.entity,
                 group=cfg.logger.group or cfg.sweep or None, job_type=identity["method"] or "eval",
-                tags=wandb_tags(identity) + list(cfg.logger.tags), mode=cfg.logger.mode)
+                tags=wandb_tags(identity) + list(cfg.logger.tags), mode=resolve_wandb_mode(cfg.logger.mode))
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, resumes: int, eval_tasks: list[str]) -> list[Any]:
