@@ -42,22 +42,39 @@ __all__ = [
 #: R1-V's format rule: a thinking block followed by an answer block and nothing else.
 FORMAT_PATTERN: re.Pattern[str] = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 
-_ANSWER_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 def format_ok(completion: str) -> bool:
     """True when the whole completion is ``<think>...</think> <answer>...</answer>``.
 
     Surrounding whitespace is tolerated (decoders often emit a trailing newline), anything else
-    before ``<think>`` or after ``</answer>`` is not.
+    before ``<think>`` or after ``</answer>`` is not. The same language as FORMAT_PATTERN's fullmatch,
+    decided by string search in linear time: the regex backtracks over every ``</think>`` of a
+    policy's 100,000-character output.
     """
-    return FORMAT_PATTERN.fullmatch(completion.strip()) is not None
+    text = completion.strip()
+    if not (text.startswith("<think>") and text.endswith("</answer>")):
+        return False
+    last_answer_open = len(text) - len("</answer>") - len("<answer>")
+    position = text.find("</think>", len("<think>"))
+    while position != -1:
+        after = position + len("</think>")
+        while after < len(text) and text[after].isspace():
+            after += 1
+        if after <= last_answer_open and text.startswith("<answer>", after):
+            return True
+        position = text.find("</think>", position + 1)
+    return False
 
 
 def answer_span(completion: str) -> str | None:
-    """Stripped contents of the first ``<answer>...</answer>`` block, or None if there is none."""
-    match = _ANSWER_SPAN.search(completion)
-    return None if match is None else match.group(1).strip()
+    """Stripped contents of the first ``<answer>...</answer>`` block, or None if there is none.
+    (Two finds, linear time: a lazy regex rescans to the end after every unclosed ``<answer>``.)"""
+    start = completion.find("<answer>")
+    if start == -1:
+        return None
+    end = completion.find("</answer>", start + len("<answer>"))
+    return None if end == -1 else completion[start + len("<answer>"):end].strip()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -92,8 +109,9 @@ class Scorer(Protocol):
 # Counting
 # ---------------------------------------------------------------------------------------------------
 
-# R1-V's counting rule, kept verbatim: an integer, alone (modulo whitespace) inside the answer tags.
-_COUNT_ANSWER = re.compile(r"<answer>\s*(\d+)\s*</answer>")
+# R1-V's counting rule: an integer, alone (modulo whitespace) inside the answer tags. ASCII digits only:
+# Python's \d also takes other scripts' digits, which int() would read as a count.
+_COUNT_ANSWER = re.compile(r"<answer>\s*([0-9]+)\s*</answer>")
 
 
 def _integer_ground_truth(ground_truth: Any) -> int:
@@ -121,8 +139,9 @@ class CountingScorer:
         match = _COUNT_ANSWER.search(completion)
         if match is None:
             return Score(correct=False, extracted=None, parsed=False)
-        value = int(match.group(1))
-        return Score(correct=value == expected, extracted=match.group(1), parsed=True)
+        # Compared as digit strings: int() refuses numbers over 4,300 digits, which a policy can emit.
+        value = match.group(1).lstrip("0") or "0"
+        return Score(correct=value == str(expected), extracted=match.group(1)[:64], parsed=True)
 
     def reward(self, completion: str, ground_truth: Any) -> float:
         return 1.0 if self.score(completion, ground_truth).correct else 0.0
@@ -310,6 +329,12 @@ def _mv_verify(gold: list[Any], target: list[Any], timeout: int | None) -> bool:
         return False
 
 
+# Longest <answer> span the geometry scorer reads (GeoQA answers are a few characters: "70°",
+# "\\frac{7}{2}cm"), and how much of an untagged output's end R1-V's whole-output fallback parses.
+MAX_ANSWER_CHARS = 200
+MAX_FALLBACK_CHARS = 2000
+
+
 @functools.lru_cache(maxsize=65536)
 def _judge_span(span: str, gold_text: str, timeout: int | None) -> tuple[bool, bool]:
     """(correct, parsed) for an <answer> span. Cached: a policy repeats the same few answers across a
@@ -357,13 +382,17 @@ class GeometryScorer:
         gold_text = str(ground_truth).strip()
         timeout = _timeout()
         span = answer_span(completion)
+        if span is not None and len(span) > MAX_ANSWER_CHARS:
+            # No GeoQA answer is this long: a list of candidates (reward hacking) or runaway output, and
+            # math-verify would spend seconds on it or pick one of the candidates.
+            return Score(correct=False, extracted=span[:64], parsed=False)
         if span is not None:
             correct, parsed = _judge_span(span, gold_text, timeout)
             return Score(correct=correct, extracted=span if parsed else (span or None), parsed=parsed)
 
         # No answer tags: fall back to the whole output, as R1-V's evaluation does.
         gold = list(_parse_gold(gold_text, timeout))
-        candidate = _mv_parse(to_math_verify_input(completion), timeout)
+        candidate = _mv_parse(to_math_verify_input(completion[-MAX_FALLBACK_CHARS:]), timeout)
         if not candidate:
             return Score(correct=False, extracted=None, parsed=False)
         return Score(correct=_mv_verify(gold, candidate, timeout), extracted=_readable(candidate), parsed=True)

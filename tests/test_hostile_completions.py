@@ -1,0 +1,81 @@
+"""Scorers and rewards on what a policy can emit: they never raise, stay linear where regexes would
+backtrack, and give no accuracy reward to the usual hacks. (Timing is measured by bench scripts, not
+asserted here.)"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from othink_mr1.rewards.functions import compute_rewards
+from othink_mr1.rewards.scorers import FORMAT_PATTERN, answer_span, format_ok, get_scorer
+
+TOKENS = ["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "a", "3", "70°", "<", ">", "/"]
+REGEX_SPAN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+HOSTILE = {
+    "empty": "",
+    "whitespace": " \n\t " * 1000,
+    "100k characters": "a" * 100_000,
+    "unclosed answers": "<answer>" * 12_500,
+    "unclosed thinks": "<think>" * 14_000 + "</think>",
+    "nested tags": "<think><think><answer><answer>3</answer></answer></think></think>",
+    "repeated blocks": "<think>a</think><answer>" * 5_000,
+    "many numbers": "<think>x</think><answer>" + " ".join(str(i) for i in range(20_000)) + "</answer>",
+    "huge number": "<think>x</think><answer>" + "9" * 50_000 + "</answer>",
+    "non-ASCII digit": "<think>x</think><answer>٣</answer>",
+    "latex fragments": "<answer>" + "\\frac{\\sqrt{" * 2_000 + "</answer>",
+    "latex without tags": "\\frac{1}{2}" * 10_000,
+    "control characters": "<think>\x00\x1b[31m</think><answer>\x00</answer>",
+}
+
+
+def test_linear_format_and_span_agree_with_the_regexes_on_random_tag_soup():
+    rng = random.Random(0)
+    for _ in range(3_000):
+        text = "".join(rng.choice(TOKENS) for _ in range(rng.randint(0, 14)))
+        assert format_ok(text) == (FORMAT_PATTERN.fullmatch(text.strip()) is not None), text
+        match = REGEX_SPAN.search(text)
+        assert answer_span(text) == (None if match is None else match.group(1).strip()), text
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+@pytest.mark.parametrize("scorer", ["counting", "geometry"])
+def test_scorers_never_raise_and_reward_nothing_on_hostile_output(name, scorer):
+    text = HOSTILE[name]
+    truth = "3" if scorer == "counting" else "70°"
+    score = get_scorer(scorer).score(text, truth)
+    assert isinstance(score.correct, bool)
+    if name != "nested tags":  # the only one holding a lone correct answer in tags
+        assert not score.correct, (name, score)
+    total, parts = compute_rewards({"accuracy": 1.0, "format": 1.0}, [text], answer=[truth], question=["q"],
+                                   scorer=[scorer])
+    # <think>..</think><answer>..</answer>, whatever is inside: the format reward is earned, accuracy is not.
+    well_formed = name in ("control characters", "huge number", "many numbers", "non-ASCII digit")
+    assert parts["format"] == [1.0 if well_formed else 0.0]
+    assert total == [parts["accuracy"][0] + parts["format"][0]]
+
+
+@pytest.mark.parametrize("hack, text", [
+    ("empty answer", "<think>it is 3</think> <answer></answer>"),
+    ("format without content", "<think></think><answer> </answer>"),
+    ("many candidates", "<think>x</think> <answer>1 2 3 4 5</answer>"),
+    ("candidates separated by commas", "<think>x</think> <answer>2, 3, 4</answer>"),
+    ("answer outside the tags", "<think>x</think> <answer>four</answer> 3"),
+    ("non-ASCII digit", "<think>x</think> <answer>٣</answer>"),
+])
+def test_counting_reward_hacks_earn_no_accuracy(hack, text):
+    assert get_scorer("counting").reward(text, 3) == 0.0, hack
+
+
+def test_geometry_rejects_an_answer_listing_many_candidates():
+    listing = "<think>x</think> <answer>" + ", ".join(f"{a}°" for a in range(10, 180, 5)) + "</answer>"
+    assert get_scorer("geometry").reward(listing, "70°") == 0.0
+    assert get_scorer("geometry").reward("<think>x</think> <answer>70°</answer>", "70°") == 1.0
+
+
+def test_counting_compares_huge_numbers_without_converting_them():
+    assert get_scorer("counting").reward("<answer>" + "0" * 10_000 + "7</answer>", 7) == 1.0
+    assert get_scorer("counting").reward("<answer>" + "7" * 10_000 + "</answer>", 7) == 0.0
