@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.plugins import TorchCheckpointIO
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
