@@ -79,3 +79,41 @@ def test_geometry_rejects_an_answer_listing_many_candidates():
 def test_counting_compares_huge_numbers_without_converting_them():
     assert get_scorer("counting").reward("<answer>" + "0" * 10_000 + "7</answer>", 7) == 1.0
     assert get_scorer("counting").reward("<answer>" + "7" * 10_000 + "</answer>", 7) == 0.0
+
+
+# --------------------------------------------------------------------- property-based (hypothesis)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PIECES = ["<think>", "</think>", "<answer>", "</answer>", "<answer> ", " </answer>", " ", "\n", "3", "7", "70", "°",
+          "cm", "\\frac{", "}", "{", "\\sqrt", "٣", "9" * 40, "a", "<", "/", ">", "\x00", ",", "-", ".", "$"]
+COMPLETIONS = st.one_of(st.text(max_size=200), st.lists(st.sampled_from(PIECES), max_size=40).map("".join))
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(text=COMPLETIONS, scorer=st.sampled_from(["counting", "geometry"]))
+def test_generated_completions_never_break_a_scorer(text, scorer):
+    truth = "3" if scorer == "counting" else "70°"
+    score = get_scorer(scorer).score(text, truth)
+    assert isinstance(score.correct, bool) and isinstance(score.parsed, bool)
+    assert score.correct <= score.parsed  # nothing is correct that was not parsed
+    assert format_ok(text) == (FORMAT_PATTERN.fullmatch(text.strip()) is not None)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(text=COMPLETIONS)
+def test_no_counting_reward_without_the_count_alone_in_answer_tags(text):
+    # Whatever else the output holds, the reward needs an <answer> block holding exactly the count
+    # (ASCII digits, optional zeros and whitespace): never an answer outside the tags or among others.
+    rewarded = get_scorer("counting").reward(text, 3) == 1.0
+    assert rewarded <= (re.search(r"<answer>\s*0*3\s*</answer>", text) is not None)
+    if "<answer>" not in text:
+        assert not rewarded
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(numbers=st.lists(st.integers(0, 20), min_size=2, max_size=12), separator=st.sampled_from([" ", ", ", "\n", " or "]))
+def test_listing_several_counts_never_earns_the_reward(numbers, separator):
+    text = "<think>x</think> <answer>" + separator.join(map(str, numbers)) + "</answer>"
+    assert get_scorer("counting").reward(text, 3) == 0.0

@@ -330,9 +330,11 @@ def _mv_verify(gold: list[Any], target: list[Any], timeout: int | None) -> bool:
 
 
 # Longest <answer> span the geometry scorer reads (GeoQA answers are a few characters: "70°",
-# "\\frac{7}{2}cm"), and how much of an untagged output's end R1-V's whole-output fallback parses.
+# "\\frac{7}{2}cm"), and how much of an untagged output's end R1-V's whole-output fallback parses
+# (a closing "so the angle is 70°" fits; math-verify takes ~250 ms on 300 characters of nested LaTeX,
+# bench/results/hostile_scoring.json).
 MAX_ANSWER_CHARS = 200
-MAX_FALLBACK_CHARS = 2000
+MAX_FALLBACK_CHARS = 300
 
 
 @functools.lru_cache(maxsize=65536)
