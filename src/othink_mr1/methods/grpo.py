@@ -23,10 +23,10 @@ import torch
 from ..evaluation.harness import suppressed_token_ids
 from ..rewards.functions import compute_rewards
 from ..models.prefix_sharing import (
+    full_position_ids,
     grouped_completion_logits,
     prompt_inputs,
     sample_groups,
-    sequence_position_ids,
     supports_prefix_sharing,
 )
 from .base import TrainableModule
@@ -41,7 +41,9 @@ class Rollout:
     """One micro-batch of sampled completions, ready for the loss. Sequences are prompt (left-padded)
     followed by completion (right-padded); every tensor has one row per completion."""
 
-    inputs: dict[str, torch.Tensor]  # model inputs for prompt + completion
+    # Model inputs for the G-times repeated prompts + completions; None when `prompts` is set (the
+    # plain forward is not run, and repeating every image G times would only cost memory).
+    inputs: dict[str, torch.Tensor] | None
     completion_ids: torch.Tensor  # [N, C]
     completion_mask: torch.Tensor  # [N, C], 1 up to and including the end-of-turn token
     advantages: torch.Tensor  # [N]
@@ -50,7 +52,7 @@ class Rollout:
     old_logp: torch.Tensor | None = None  # [N, C], mu > 1 only
     ref_logp: torch.Tensor | None = None  # [N, C], when the KL schedule can be positive
     # The un-repeated prompt batch, when log-probs run each prompt once for its G completions
-    # (models/prefix_sharing.py); None runs `inputs` as they are.
+    # (models/prefix_sharing.py); None runs `inputs`.
     prompts: dict[str, torch.Tensor] | None = None
     group_size: int = 1
     position_ids: torch.Tensor | None = None  # [3, N, P + C] mrope positions, computed once per rollout
@@ -149,8 +151,8 @@ class GRPOModule(TrainableModule):
         """Per-token log-probs [N, C] of the completion under `model` (with grad if enabled)."""
         if rollout.prompts is not None:
             if rollout.position_ids is None:
-                rollout.position_ids = sequence_position_ids(model, rollout.prompts, rollout.completion_ids,
-                                                             rollout.completion_mask, rollout.group_size)
+                rollout.position_ids = full_position_ids(model, rollout.prompts, rollout.completion_ids,
+                                                         rollout.completion_mask, rollout.group_size)
             logits = grouped_completion_logits(model, rollout.prompts, rollout.completion_ids,
                                                rollout.completion_mask, rollout.group_size, rollout.position_ids)
         else:
@@ -168,13 +170,17 @@ class GRPOModule(TrainableModule):
         """Score sampled completions of a prompt micro-batch and prepare everything the loss needs."""
         m, tok = self.method, self.processor.tokenizer
         G = m.num_generations
-        prompts = repeat_prompts(batch, G)
         mask = completion_mask(completion_ids, tok.eos_token_id)
-        inputs = dict(prompts)
-        inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids], dim=1)
-        inputs["attention_mask"] = torch.cat([prompts["attention_mask"], mask], dim=1)
-        if "mm_token_type_ids" in prompts:  # text tokens are type 0
-            inputs["mm_token_type_ids"] = torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
+        shared = self.shares_prompts(batch)
+        inputs = None
+        if not shared:
+            prompts = repeat_prompts(batch, G)
+            inputs = dict(prompts)
+            inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids], dim=1)
+            inputs["attention_mask"] = torch.cat([prompts["attention_mask"], mask], dim=1)
+            if "mm_token_type_ids" in prompts:  # text tokens are type 0
+                inputs["mm_token_type_ids"] = torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(completion_ids)],
+                                                        dim=1)
 
         texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
         answers = [a for a in batch["meta"]["answers"] for _ in range(G)]
@@ -188,7 +194,7 @@ class GRPOModule(TrainableModule):
             advantages=group_advantages(rewards, G, scale=m.scale_rewards), rewards=rewards,
             reward_parts={k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in parts.items()},
         )
-        if self.shares_prompts(batch):
+        if shared:
             rollout.prompts, rollout.group_size = prompt_inputs(batch), G
         with torch.no_grad():
             if m.num_iterations > 1:

@@ -38,25 +38,23 @@ def supports_prefix_sharing(model: torch.nn.Module) -> bool:
             and _unwrapped(model).get_output_embeddings() is not None)
 
 
-def sequence_position_ids(model: torch.nn.Module, prompts: dict[str, torch.Tensor], completion_ids: torch.Tensor,
-                          completion_mask: torch.Tensor, group_size: int) -> torch.Tensor:
-    """`full_position_ids` for `model` (the same for the policy and its reference: positions depend on
-    the tokens and image grids only)."""
-    attention_mask = torch.cat([prompts["attention_mask"].repeat_interleave(group_size, dim=0), completion_mask], dim=1)
-    return full_position_ids(_unwrapped(model).model, prompts, completion_ids, attention_mask, group_size)
+def _sequence_mask(prompts: dict[str, torch.Tensor], completion_mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[N, P + C] attention mask of the G-times repeated prompts followed by their completions."""
+    return torch.cat([prompts["attention_mask"].repeat_interleave(group_size, dim=0), completion_mask], dim=1)
 
 
-def full_position_ids(inner: torch.nn.Module, prompts: dict[str, torch.Tensor], completion_ids: torch.Tensor,
-                      attention_mask: torch.Tensor, group_size: int) -> torch.Tensor:
+def full_position_ids(model: torch.nn.Module, prompts: dict[str, torch.Tensor], completion_ids: torch.Tensor,
+                      completion_mask: torch.Tensor, group_size: int) -> torch.Tensor:
     """The [3, N, P + C] mrope positions the plain forward would compute for the G-times repeated
-    sequences (so the shared forward cannot drift from it)."""
+    sequences (so the shared forward cannot drift from it). They depend on the tokens and image grids
+    only, so a policy's and its reference's are the same."""
     G = group_size
     input_ids = torch.cat([prompts["input_ids"].repeat_interleave(G, dim=0), completion_ids], dim=1)
     token_types = torch.cat([prompts["mm_token_type_ids"].repeat_interleave(G, dim=0),
                              torch.zeros_like(completion_ids)], dim=1)
-    position_ids, _ = inner.get_rope_index(input_ids, mm_token_type_ids=token_types,
-                                           image_grid_thw=prompts["image_grid_thw"].repeat_interleave(G, dim=0),
-                                           attention_mask=attention_mask)
+    position_ids, _ = _unwrapped(model).model.get_rope_index(
+        input_ids, mm_token_type_ids=token_types, image_grid_thw=prompts["image_grid_thw"].repeat_interleave(G, dim=0),
+        attention_mask=_sequence_mask(prompts, completion_mask, G))
     return position_ids
 
 
@@ -73,9 +71,9 @@ def grouped_completion_logits(model: torch.nn.Module, prompts: dict[str, torch.T
     base = _unwrapped(model)
     inner = base.model
     P = prompts["input_ids"].shape[1]
-    attention_mask = torch.cat([prompts["attention_mask"].repeat_interleave(G, dim=0), completion_mask], dim=1)
+    attention_mask = _sequence_mask(prompts, completion_mask, G)
     if position_ids is None:
-        position_ids = full_position_ids(inner, prompts, completion_ids, attention_mask, G)
+        position_ids = full_position_ids(model, prompts, completion_ids, completion_mask, G)
 
     prompt_out = inner(**prompts, position_ids=position_ids[:, ::G, :P], use_cache=True,
                        past_key_values=DynamicCache(config=base.config.get_text_config()))
