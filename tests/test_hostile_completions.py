@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from othink_mr1.rewards.functions import compute_rewards
+from othink_mr1.rewards.functions import REWARDS, compute_rewards
 from othink_mr1.rewards.scorers import FORMAT_PATTERN, answer_span, format_ok, get_scorer
 
 TOKENS = ["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "a", "3", "70°", "<", ">", "/"]
@@ -76,6 +76,24 @@ def test_geometry_rejects_an_answer_listing_many_candidates():
     assert get_scorer("geometry").reward("<think>x</think> <answer>70°</answer>", "70°") == 1.0
 
 
+@pytest.mark.parametrize("hack, text, evaluation", [
+    ("untagged answer", "<think>the angle is 70°</think> so the answer is 70°", True),
+    ("no tags at all", "The angle is 70°", True),
+    ("answer outside the tags", "<think>x</think> <answer>a guess</answer> 70°", False),
+    ("empty answer", "<think>70°</think> <answer></answer>", False),
+    ("format without content", "<think></think><answer> </answer>", False),
+])
+def test_geometry_reward_never_pays_an_answer_outside_the_tags(hack, text, evaluation):
+    scorer = get_scorer("geometry")
+    assert scorer.reward(text, "70°") == 0.0, hack
+    # The evaluation keeps R1-V's protocol (an untagged output is read whole), so scores compare with
+    # the paper's; accuracy_r1v reproduces R1-V's training reward, which pays it.
+    assert scorer.score(text, "70°").correct is evaluation, hack
+    columns = {"answer": ["70°"], "scorer": ["geometry"]}
+    assert REWARDS["accuracy"]([text], **columns) == [0.0]
+    assert REWARDS["accuracy_r1v"]([text], **columns) == [float(evaluation)]
+
+
 def test_counting_compares_huge_numbers_without_converting_them():
     assert get_scorer("counting").reward("<answer>" + "0" * 10_000 + "7</answer>", 7) == 1.0
     assert get_scorer("counting").reward("<answer>" + "7" * 10_000 + "</answer>", 7) == 0.0
@@ -110,6 +128,14 @@ def test_no_counting_reward_without_the_count_alone_in_answer_tags(text):
     assert rewarded <= (re.search(r"<answer>\s*0*3\s*</answer>", text) is not None)
     if "<answer>" not in text:
         assert not rewarded
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(text=COMPLETIONS)
+def test_no_geometry_reward_without_an_answer_span(text):
+    rewarded = get_scorer("geometry").reward(text, "70°") == 1.0
+    assert rewarded <= (answer_span(text) is not None)
+    assert rewarded <= get_scorer("geometry").score(text, "70°").correct  # never more than the evaluation
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

@@ -96,7 +96,12 @@ class Score:
 
 
 class Scorer(Protocol):
-    """What the training reward and the evaluation code need from a scorer."""
+    """What the training reward and the evaluation code need from a scorer.
+
+    `score` is the evaluation's verdict, R1-V's protocol so accuracies compare with the paper's.
+    `reward` is the training reward: the same verdict, except that it never pays an answer given
+    outside the `<answer>` tags (R1-V's geometry evaluation reads an untagged output whole; a
+    policy rewarded for that would learn to skip the tags)."""
 
     name: ClassVar[str]
 
@@ -400,6 +405,9 @@ class GeometryScorer:
         return Score(correct=_mv_verify(gold, candidate, timeout), extracted=_readable(candidate), parsed=True)
 
     def reward(self, completion: str, ground_truth: Any) -> float:
+        """1.0 only for a correct answer inside the tags: the whole-output fallback is evaluation only."""
+        if answer_span(completion) is None:
+            return 0.0
         return 1.0 if self.score(completion, ground_truth).correct else 0.0
 
 
