@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,6 +122,55 @@ def test_smoke_sweep_finishes_every_cell_and_relaunch_fills_only_the_gaps(smoke_
     assert (grid / "geometry_sft_tiny_seed1" / "results.json").exists()
     assert {p: p.stat().st_mtime_ns for p in grid.glob("*/results.json") if "geometry_sft" not in str(p)} == {
         p: t for p, t in stamps.items() if "geometry_sft" not in str(p)}
+
+
+TRAINED_CELLS = [f"{task}_{method}_tiny_seed1" for task in ("counting", "geometry") for method in ("sft", "grpo", "grpo_d")]
+
+
+def test_a_sweep_killed_mid_cell_and_relaunched_runs_only_the_remaining_cells(smoke_grid, tmp_path):
+    """SIGKILL the whole sweep while a randomly drawn trained cell is mid-training (its step-1
+    checkpoint on disk, no results yet), then re-launch it: the finished cells are skipped untouched,
+    the killed cell continues from its checkpoint (sweeps set resume=auto) to the same results as an
+    uninterrupted sweep, and the cells after it run."""
+    seed = random.randrange(10_000)
+    target = random.Random(seed).choice(TRAINED_CELLS)
+    print(f"kill seed {seed}: {target}")
+    grid = tmp_path / "sweeps" / "smoke"
+    args = ["trainer.checkpoint_every_n_steps=1"]
+    env = dict(os.environ, OTHINK_OUTPUT_DIR=str(tmp_path), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               WANDB_MODE="offline")
+    log = (tmp_path / "first.log").open("w")
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweeps=smoke", *args], stdout=log,
+                               stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    checkpoint, finished_marker = grid / target / "checkpoints" / "last.ckpt", grid / target / "results.json"
+    deadline = time.time() + 600
+    while not (checkpoint.exists() and not finished_marker.exists()):
+        assert process.poll() is None and not finished_marker.exists() and time.time() < deadline, (
+            f"seed {seed}: never caught {target} mid-training\n" + (tmp_path / "first.log").read_text()[-3000:])
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    log.close()
+    done = sorted(p.parent.name for p in grid.glob("*/results.json"))
+    assert target not in done and "eval_tiny_seed42" in done, (seed, done)
+    stamps = {p: p.stat().st_mtime_ns for p in grid.glob("*/results.json")}
+
+    second = run_smoke_sweep(tmp_path, *args)
+    assert second.returncode == 0, (seed, second.stderr[-3000:])
+    assert f"[sweep] 7 cells: {7 - len(done)} finished, {len(done)} skipped" in second.stdout, (seed, second.stdout)
+    for name in done:
+        assert f"[sweep] skip {name}: finished" in second.stdout
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # what was finished is untouched
+    assert len(list(grid.glob("*/results.json"))) == 7
+    resumed = json.loads((grid / target / "results.json").read_text())
+    assert resumed["train"]["resumed_from"] == str(checkpoint) and resumed["train"]["steps"] == 2, seed
+    assert [json.loads(line)["checkpoint"] for line in (grid / target / "resumes.jsonl").read_text().splitlines()] == [
+        str(checkpoint)]
+    # The same results as the session's uninterrupted smoke sweep (only the checkpoint interval differs).
+    uninterrupted = json.loads((smoke_grid[1] / target / "results.json").read_text())
+    assert resumed["after"] == uninterrupted["after"], seed
+    # Cells that never started have no earlier attempt; nothing was moved or lost.
+    assert not list(grid.glob("*/attempts")), seed
 
 
 def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path):

@@ -156,7 +156,7 @@ def check_config(cfg: DictConfig) -> dict[str, Any]:
         if cfg.ckpt:
             raise ConfigError("ckpt= is for mode=eval; to train from saved weights use "
                               "model.source=pretrained model.path=<folder>, to continue a run use resume=")
-    elif cfg.resume:
+    elif cfg.resume and cfg.resume != "auto":  # auto: set by sweeps for every cell, a no-op for evaluation
         raise ConfigError("resume= continues a training run; mode=eval takes ckpt=")
     if cfg.ckpt and not Path(cfg.ckpt).exists():
         raise ConfigError(f"ckpt='{cfg.ckpt}': no such file or folder")

@@ -346,7 +346,8 @@ class Config:
     ckpt: Optional[str] = None
     # Export the trained model with save_pretrained into <run_dir>/model (reusable as model.path).
     save_model: bool = True
-    # Continue an unfinished run: true = its checkpoints/last.ckpt, or a checkpoint path.
+    # Continue an unfinished run: true = its checkpoints/last.ckpt, or a checkpoint path; auto = its
+    # last.ckpt when there is one, else start it (the sweeps' setting, so a re-launch continues cells).
     resume: Any = False
     # Set by a sweep (sweeps/): the grid cell this job is (base, sft, grpo, grpo_d, ...); recorded in
     # results.json for the report.

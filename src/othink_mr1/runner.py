@@ -51,7 +51,9 @@ CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to continue from: resume=true -> the run's last.ckpt, resume=<path> -> that file."""
+    """The checkpoint to continue from: resume=true -> the run's last.ckpt, resume=<path> -> that file,
+    resume=auto -> the run's last.ckpt when it has one, else none (what a re-launched sweep wants: a
+    cell killed mid-training continues, a cell killed before its first checkpoint starts again)."""
     if cfg.resume in (False, None, "", "false"):
         return None
     path = run_dir / CHECKPOINT if cfg.resume in (True, "true") else Path(str(cfg.resume))
@@ -70,6 +72,9 @@ WANDB_DEFAULT_HOST = "https://api.wandb.ai"
 
 
 @functools.lru_cache(maxsize=None)
+    if cfg.resume == "auto":
+        path = run_dir / CHECKPOINT
+        return path if cfg.mode == "train" and path.is_file() else None
 def resolve_wandb_mode(mode: str) -> str:
     """`logger.mode`, except that online without credentials or without a reachable server becomes
     offline, with one warning per process: wandb would otherwise fail the run at its first log call or

@@ -17,6 +17,8 @@ from .errors import RunExistsError
 
 # A run is finished once this file exists: it is written last.
 FINISHED_MARKER = "results.json"
+# A failed sweep cell's record (run.py); the report shows the cell as failed.
+ERROR_RECORD = "error.json"
 # Files a job may have opened before the runner got control (Hydra's job log, appended to).
 PRESERVED_IN_PLACE = {"run.log"}
 PACKAGES = ("torch", "transformers", "pytorch-lightning", "hydra-core", "omegaconf", "datasets", "tokenizers",
@@ -39,7 +41,11 @@ def claim_run_dir(run_dir: Path, keep: bool = False) -> Path | None:
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     leftovers = [p for p in run_dir.iterdir() if p.name not in PRESERVED_IN_PLACE and p.name != "attempts"]
-    if keep or not leftovers:
+    if keep:
+        # Resuming keeps the attempt's files; only the error record of a failed attempt moves aside,
+        # so the run does not read as failed while it goes on (and the record is not lost).
+        leftovers = [p for p in leftovers if p.name == ERROR_RECORD]
+    if not leftovers:
         return None
     target = run_dir / "attempts" / time.strftime("%Y%m%d-%H%M%S")
     suffix = 0
@@ -125,8 +131,6 @@ def record_resume(run_dir: Path, checkpoint: Path, root: Path, overrides: list[s
         fh.write(json.dumps(entry) + "\n")
     return sum(1 for _ in log_file.open())
 
-
-ERROR_RECORD = "error.json"
 
 
 def record_failure(run_dir: Path, exc: BaseException, overrides: list[str] | None,
