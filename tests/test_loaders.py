@@ -454,7 +454,7 @@ def test_load_split_names_a_missing_image_of_a_jsonl_train_file(tmp_path):
     with pytest.raises(DataError) as err:
         load_split(_task(train_source=str(path)), "train", str(tmp_path / "cache"))
     message = str(err.value)
-    assert str(path) in message and "row 1" in message
+    assert str(path) in message and "line 2" in message  # the file's own line number
     assert "image file not found" in message and "gone.png" in message
 
 

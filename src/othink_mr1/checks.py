@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from .budget import world_size
 from .data.synthetic.counting import CELL, MAX_OBJECTS
+from .data.records import ON_BAD_ROW
 from .data.tasks import SOURCES
 from .methods.grpo_loss import AGGREGATIONS
 from .methods.kl_schedules import build_kl_schedule
@@ -149,6 +150,10 @@ def check_config(cfg: DictConfig) -> dict[str, Any]:
         check_task(task, "task" if name == cfg.task.name else f"tasks.{name}")
     if cfg.eval.batch_size < 1:
         raise ConfigError(f"eval.batch_size={cfg.eval.batch_size}: must be at least 1")
+    if cfg.data.on_bad_row not in ON_BAD_ROW:
+        raise ConfigError(f"data.on_bad_row='{cfg.data.on_bad_row}': expected one of {list(ON_BAD_ROW)}")
+    if not 0 <= cfg.data.max_bad_fraction <= 1:
+        raise ConfigError(f"data.max_bad_fraction={cfg.data.max_bad_fraction}: must be between 0 and 1")
     check_devices(cfg.trainer)
     if cfg.mode == "train":
         check_task(cfg.task, "task")

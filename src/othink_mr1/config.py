@@ -326,6 +326,17 @@ class EvalConfig:
 
 
 @dataclass
+class DataConfig:
+    # A row with an unreadable image, a missing or empty field or broken JSON: "error" stops the run
+    # before training and names it; "skip" leaves it out, counts it and lists it in
+    # <run_dir>/bad_rows.jsonl (and results.json's data.skipped_rows).
+    on_bad_row: str = "error"
+    # With skip: a split with more than this fraction of its examined rows bad still stops the run
+    # (a wrong image_root or schema, not a few damaged rows).
+    max_bad_fraction: float = 0.1
+
+
+@dataclass
 class Config:
     task: TaskConfig = MISSING
     # Every task that can be evaluated, by name (the trained one is `task`).
@@ -337,6 +348,7 @@ class Config:
     logger: LoggerConfig = MISSING
     paths: PathsConfig = MISSING
     eval: EvalConfig = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
     mode: str = "train"  # train | eval
     seed: int = 42
     # Free-form suffix that separates otherwise identical runs (ablations, repeats).

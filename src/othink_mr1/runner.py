@@ -30,6 +30,7 @@ from .checks import check_config
 from .preflight import preflight
 from .config import run_identity
 from .data.datamodule import VLMDataModule
+from .data.records import BadRows
 from .evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
 from .utils.errors import ConfigError
 from .utils.quiet import quiet_third_party
@@ -45,9 +46,24 @@ from .utils.run_dir import (
 log = logging.getLogger(__name__)
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
+# Rows data.on_bad_row=skip left out, one JSON object per line (split, source, line or row, reason).
+BAD_ROWS_FILE = "bad_rows.jsonl"
 
 
 # ----------------------------------------------------------------------------------- pieces
+
+
+def report_bad_rows(bad_rows: BadRows, run_dir: Path) -> None:
+    """List the rows data.on_bad_row=skip left out in <run_dir>/bad_rows.jsonl, one warning per split."""
+    if not bad_rows.rows:
+        return
+    path = run_dir / BAD_ROWS_FILE
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in bad_rows.rows), encoding="utf-8")
+    for split, count in bad_rows.counts().items():
+        first = next(r for r in bad_rows.rows if r["split"] == split)
+        log.warning("data.on_bad_row=skip: %d bad row(s) of the %s split left out (first: %s %s: %s); all "
+                    "listed in %s", count, split, "line" if "line" in first else "row",
+                    first.get("line", first.get("row")), first["reason"], path)
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -56,6 +72,9 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     cell killed mid-training continues, a cell killed before its first checkpoint starts again)."""
     if cfg.resume in (False, None, "", "false"):
         return None
+    if cfg.resume == "auto":
+        path = run_dir / CHECKPOINT
+        return path if cfg.mode == "train" and path.is_file() else None
     path = run_dir / CHECKPOINT if cfg.resume in (True, "true") else Path(str(cfg.resume))
     if not path.is_file():
         raise ConfigError(f"resume={cfg.resume}: no checkpoint at {path}")
@@ -72,9 +91,6 @@ WANDB_DEFAULT_HOST = "https://api.wandb.ai"
 
 
 @functools.lru_cache(maxsize=None)
-    if cfg.resume == "auto":
-        path = run_dir / CHECKPOINT
-        return path if cfg.mode == "train" and path.is_file() else None
 def resolve_wandb_mode(mode: str) -> str:
     """`logger.mode`, except that online without credentials or without a reachable server becomes
     offline, with one warning per process: wandb would otherwise fail the run at its first log call or
@@ -341,8 +357,11 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
         train_batch_size=cfg.method.batch_size, eval_batch_size=cfg.eval.batch_size,
         sft_target=cfg.method.get("target", "auto"), loss_on=cfg.method.get("loss_on", "assistant"),
         with_train=train, method=cfg.method.name, seed=cfg.seed,
+        on_bad_row=cfg.data.on_bad_row, max_bad_fraction=cfg.data.max_bad_fraction,
     )
     dm.setup("fit" if train else "validate")
+    if rank_zero_only.rank == 0:
+        report_bad_rows(dm.bad_rows, run_dir)
     budget = None
     if train:
         budget = train_budget(cfg.method, cfg.trainer, len(dm.train_split))
@@ -386,6 +405,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
                        "skipped_steps": module.skipped_steps,
                        "resumed_from": str(resume_from) if resume_from else None, **budget.as_dict()}
                       if train else None),
+            "data": {"on_bad_row": cfg.data.on_bad_row, "skipped_rows": dm.bad_rows.counts(),
+                     "bad_rows_file": BAD_ROWS_FILE if dm.bad_rows.rows else None},
             "seconds": round(time.time() - started, 1),
             "hardware": hardware(trainer),
         }

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from .collate import PromptCollator, SFTCollator
-from .records import DataError
+from .records import BadRows, DataError
 from .sampling import ResumableLoader, ShardSampler
 from .tasks import TaskSplit, load_split
 
@@ -26,7 +26,8 @@ class VLMDataModule(pl.LightningDataModule):
 
     def __init__(self, task: Any, eval_tasks: dict[str, Any], cache_dir: str, train_batch_size: int = 8,
                  eval_batch_size: int = 16, sft_target: str = "auto", loss_on: str = "assistant",
-                 num_workers: int = 0, with_train: bool = True, method: str = "sft", seed: int = 0):
+                 num_workers: int = 0, with_train: bool = True, method: str = "sft", seed: int = 0,
+                 on_bad_row: str = "error", max_bad_fraction: float = 0.1):
         super().__init__()
         # sft batches are prompt + target with labels; grpo batches are prompts (completions are sampled).
         self.method = method
@@ -45,6 +46,8 @@ class VLMDataModule(pl.LightningDataModule):
         self.processor = None  # set by the runner once the model's processor exists
         self.train_split: TaskSplit | None = None
         self.eval_splits: dict[str, TaskSplit] = {}
+        # Rows left out of every split under data.on_bad_row=skip (the runner lists them).
+        self.bad_rows = BadRows(on_bad_row, max_bad_fraction)
 
     @property
     def eval_names(self) -> list[str]:
@@ -52,12 +55,12 @@ class VLMDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.with_train and self.train_split is None:
-            ds = load_split(self.task, "train", self.cache_dir)
+            ds = load_split(self.task, "train", self.cache_dir, self.bad_rows)
             self.train_split = TaskSplit(self.task, "train", ds, self.sft_target)
             log.info("train split of %s: %d examples", self.task.name, len(ds))
         for name, task in self.eval_tasks.items():
             if name not in self.eval_splits:
-                self.eval_splits[name] = TaskSplit(task, "test", load_split(task, "test", self.cache_dir))
+                self.eval_splits[name] = TaskSplit(task, "test", load_split(task, "test", self.cache_dir, self.bad_rows))
                 log.info("eval split %s: %d examples", name, len(self.eval_splits[name]))
 
     def _require_processor(self) -> Any:

@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from .records import DataError, check_fields, check_image_file, check_text
+from .records import BadRows, DataError, RowError, check_image_file, check_text, missing_fields
 
 log = logging.getLogger(__name__)
 
@@ -45,39 +45,80 @@ def check_published(path: str | Path) -> bool | None:
     return ok
 
 
-def load_test_jsonl(path: str | Path, image_root: str | Path | None):
+def read_jsonl(path: Path, role: str, image_root: Path, bad_rows: BadRows | None = None) -> list[dict]:
+    """The records of a JSONL split in R1-V's schema, each line checked (valid JSON, an object, its
+    fields present and non-empty, its image found and decodable); image paths come back resolved
+    against `image_root`. Errors name the file and the 1-based line; `bad_rows` decides whether a
+    bad line stops the load or is skipped."""
+    bad_rows = bad_rows or BadRows()
+    image_key = "image" if role == "train" else "image_path"
+    text_fields = ("problem", "solution") if role == "train" else ("question", "ground_truth")
+    records: list[dict] = []
+
+    def parse(line: str | None, number: int, unit: str, record: object = None) -> None:
+        if line is not None:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RowError(str(path), number, f"not valid JSON ({exc.msg})", unit) from None
+        if not isinstance(record, dict):
+            raise RowError(str(path), number, f"expected a JSON object, got {type(record).__name__}", unit)
+        missing = missing_fields(list(record), role)
+        if missing:
+            raise RowError(str(path), number, f"missing field(s) {missing}; the record has {sorted(record)}", unit)
+        for field in text_fields:
+            check_text(record[field], field, str(path), number, unit=unit)
+        image = record.get(image_key) if role == "train" else record.get("image_path") or record.get("image")
+        check_text(image, image_key, str(path), number, unit=unit)
+        resolved = (image_root / str(image)).resolve()
+        check_image_file(resolved, str(path), number, unit=unit)
+        record.pop("image", None)
+        record[image_key] = str(resolved)
+        for field in text_fields:  # R1-V writes some ground truths as numbers: text, as the scorers read it
+            record[field] = str(record[field])
+        records.append(record)
+
+    if path.suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("["):
+        # A JSON array of records (what `datasets` also reads as "json"): rows counted from 0.
+        try:
+            array = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        for row, record in enumerate(array):
+            bad_rows.keep(lambda: parse(None, row, "row", record))
+        return records
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if line.strip():
+                bad_rows.keep(lambda: parse(line, line_no, "line"))
+    return records
+
+
+def load_test_jsonl(path: str | Path, image_root: str | Path | None, bad_rows: BadRows | None = None):
     """R1-V's test JSONL as a Dataset (image_path resolved against image_root), fully validated."""
     import datasets
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"test file not found: {path}")
-    root = Path(image_root) if image_root else path.parent
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            check_fields(list(record), "test", str(path) + f", line {line_no}")
-            for field in ("question", "ground_truth"):
-                check_text(record[field], field, str(path), line_no, unit="line")
-            image_path = record.get("image_path") or record.get("image")
-            check_text(image_path, "image_path", str(path), line_no, unit="line")
-            resolved = (root / str(image_path)).resolve()
-            check_image_file(resolved, str(path), line_no, unit="line")
-            rows.append({"image_path": str(resolved), "question": str(record["question"]),
-                         "ground_truth": str(record["ground_truth"])})
-    if not rows:
+    if not _has_rows(path):
         raise DataError(f"{path}: the test split is empty")
+    records = read_jsonl(path, "test", Path(image_root) if image_root else path.parent, bad_rows)
     check_published(path)
-    return datasets.Dataset.from_list(rows)
+    return datasets.Dataset.from_list(
+        [{"image_path": r["image_path"], "question": r["question"], "ground_truth": r["ground_truth"]}
+         for r in records])
+
+
+def _train_jsonl(path: Path, bad_rows: BadRows | None):
+    """A train JSONL (image paths relative to the file), every line checked, as a Dataset."""
+    import datasets
+
+    records = read_jsonl(path, "train", path.parent, bad_rows)
+    # Optional fields (thinking, ...) may be absent from some lines: every column gets every row.
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    ds = datasets.Dataset.from_dict({key: [record.get(key) for record in records] for key in columns})
+    return ds.cast_column("image", datasets.Image(decode=False)) if records else ds
 
 
 def _saved_split_is_empty(folder: Path) -> bool:
@@ -95,10 +136,13 @@ def _has_rows(path: Path) -> bool:
         return any(line.strip() for line in fh)
 
 
-def load_train_source(source: str, split: str = "train", cache_dir: str | None = None):
+def load_train_source(source: str, split: str = "train", cache_dir: str | None = None,
+                      bad_rows: BadRows | None = None):
     """A train split in R1-V's schema from a hub id or a local copy (folder, parquet, jsonl).
 
-    `cache_dir` holds the Arrow cache of local parquet/jsonl copies; hub ids use the HF cache."""
+    `cache_dir` holds the Arrow cache of local parquet copies; hub ids use the HF cache. A JSONL file
+    is read and checked line by line here (`bad_rows`); the other formats are checked row by row by
+    `load_split`."""
     import datasets
 
     local = Path(source).expanduser()
@@ -124,12 +168,7 @@ def load_train_source(source: str, split: str = "train", cache_dir: str | None =
             return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train",
                                          cache_dir=cache_dir)
         if suffix in (".jsonl", ".json"):
-            ds = datasets.load_dataset("json", data_files=[str(f) for f in files], split="train", cache_dir=cache_dir)
-            if "image" in ds.column_names:  # paths in the file are relative to it
-                base = files[0].parent
-                ds = ds.map(lambda r: {"image": str((base / r["image"]).resolve()) if r["image"] else r["image"]})
-                ds = ds.cast_column("image", datasets.Image(decode=False))
-            return ds
+            return _train_jsonl(files[0], bad_rows)
         raise DataError(f"{local}: unsupported train data format '{suffix}'")
     if source.startswith((".", "/", "~")):
         raise DataError(f"train data not found: {source}")

@@ -23,8 +23,72 @@ TEST_FIELDS = ("question", "ground_truth")  # plus image or image_path
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
+# Qwen2-VL's smart_resize raises on a wider aspect ratio (mid-training, in a collator): refuse it at load.
+MAX_ASPECT_RATIO = 200
+ON_BAD_ROW = ("error", "skip")
+
+
 class DataError(ValueError):
     """Bad input data: the message names the file or source, the row and the field."""
+
+
+class RowError(DataError):
+    """One bad row: `where` (file or source), `row` in `unit` ("line": 1-based JSONL line, "row":
+    0-based dataset row) and what is wrong with it."""
+
+    def __init__(self, where: str, row: int, reason: str, unit: str = "row"):
+        self.where, self.row, self.reason, self.unit = where, row, reason, unit
+        super().__init__(f"{where}, {unit} {row}: {reason}")
+
+
+class BadRows:
+    """What `data.on_bad_row` does with a bad row, for every split a run loads.
+
+    "error": the row's RowError propagates and stops the run before any training.
+    "skip": the row is recorded (split, file, row, reason) and its split goes on without it; a split
+    with more than `max_fraction` of its examined rows bad still stops the run, since that means a
+    wrong path or schema rather than a few damaged rows.
+    """
+
+    def __init__(self, on_bad_row: str = "error", max_fraction: float = 0.1):
+        if on_bad_row not in ON_BAD_ROW:
+            raise DataError(f"data.on_bad_row='{on_bad_row}': expected one of {list(ON_BAD_ROW)}")
+        self.skip = on_bad_row == "skip"
+        self.max_fraction = max_fraction
+        self.split = ""
+        self.rows: list[dict[str, Any]] = []
+
+    def keep(self, check: Any) -> bool:
+        """Run `check()`; True when it passed, False when it raised a RowError that was skipped."""
+        try:
+            check()
+        except RowError as exc:
+            if not self.skip:
+                raise
+            self.rows.append({"split": self.split, "source": exc.where, exc.unit: exc.row, "reason": exc.reason})
+            return False
+        return True
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.rows:
+            out[row["split"]] = out.get(row["split"], 0) + 1
+        return out
+
+    def check_fraction(self, where: str, good: int) -> None:
+        """Stop when this split has no good rows, or more than `max_fraction` bad ones."""
+        bad = [r for r in self.rows if r["split"] == self.split]
+        examined = good + len(bad)
+        if not bad or (good and len(bad) <= self.max_fraction * examined):
+            return
+        first = "; ".join(f"{'line' if 'line' in r else 'row'} {r.get('line', r.get('row'))}: {r['reason']}"
+                          for r in bad[:3])
+        if not good:
+            raise DataError(f"{where}: no usable rows, all {examined} are bad (first: {first})")
+        raise DataError(
+            f"{where}: {len(bad)} of {examined} rows examined are bad, over data.max_bad_fraction="
+            f"{self.max_fraction} (first: {first}); a wrong path or schema is likely. Raise "
+            "data.max_bad_fraction to skip them anyway")
 
 
 @dataclass
@@ -59,45 +123,65 @@ def sft_target(row: dict[str, Any], mode: str) -> str:
 
 
 def check_fields(columns: list[str], role: str, where: str) -> None:
+    """The split's columns hold the schema's fields (a whole-file fault: never skipped)."""
+    missing = missing_fields(columns, role)
+    if missing:
+        raise DataError(f"{where}: missing field(s) {missing}; the records have {sorted(columns)}")
+
+
+def missing_fields(columns: list[str], role: str) -> list[str]:
     required = TRAIN_FIELDS if role == "train" else TEST_FIELDS
     missing = [f for f in required if f not in columns]
     if role == "test" and "image" not in columns and "image_path" not in columns:
         missing.append("image or image_path")
-    if missing:
-        raise DataError(f"{where}: missing field(s) {missing}; the records have {sorted(columns)}")
+    return missing
 
 
 def check_text(value: Any, field: str, where: str, row: int, unit: str = "row") -> None:
     """`unit` is "line" (1-based, JSONL files) or "row" (0-based, datasets)."""
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise DataError(f"{where}, {unit} {row}: field '{field}' is empty")
+        raise RowError(where, row, f"field '{field}' is empty", unit)
+
+
+def image_problem(source: Any, label: str) -> str | None:
+    """Why `source` (a path or a bytes buffer, `label` in messages) cannot be a model input, or None."""
+    try:
+        with Image.open(source) as im:
+            # Decodes every pixel: a truncated file fails here, in seconds, and not in a loader
+            # worker hours into training (verify() reads PNG chunks but passes a cut-off JPEG).
+            im.load()
+            width, height = im.size
+    except Exception as exc:  # PIL raises many types for a bad file
+        return f"unreadable image {label}: {exc}"
+    if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        return (f"image {label} is {width}x{height} pixels: an aspect ratio over {MAX_ASPECT_RATIO}, "
+                "which Qwen2-VL's processor refuses")
+    return None
 
 
 def check_image_file(path: Path, where: str, row: int, unit: str = "row") -> None:
-    """The image exists and decodes (header and data), else a DataError naming file and row."""
+    """The image exists and decodes, else a RowError naming file and row."""
     if not path.is_file():
-        raise DataError(f"{where}, {unit} {row}: image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except Exception as exc:  # PIL raises many types for a bad file
-        raise DataError(f"{where}, {unit} {row}: unreadable image {path}: {exc}") from None
+        raise RowError(where, row, f"image file not found: {path}", unit)
+    problem = image_problem(path, str(path))
+    if problem:
+        raise RowError(where, row, problem, unit)
 
 
 def check_image_value(value: Any, where: str, row: int) -> None:
-    """An undecoded `datasets.Image` value ({'bytes', 'path'}) or a PIL image decodes."""
+    """An undecoded `datasets.Image` value ({'bytes', 'path'}), a path or a PIL image decodes."""
     if value is None:
-        raise DataError(f"{where}, row {row}: field 'image' is empty")
+        raise RowError(where, row, "field 'image' is empty")
     if isinstance(value, Image.Image):
         return
     data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, value)
-    if data is None and path:
+    if data is None:
+        if not path:
+            raise RowError(where, row, "field 'image' is empty")
         return check_image_file(Path(path), where, row)
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()
-    except Exception as exc:
-        raise DataError(f"{where}, row {row}: unreadable image bytes: {exc}") from None
+    problem = image_problem(io.BytesIO(data), "bytes")
+    if problem:
+        raise RowError(where, row, problem)
 
 
 def load_image(value: Any) -> Image.Image:

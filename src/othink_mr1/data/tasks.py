@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset as TorchDataset
 
 from .hub import load_test_jsonl, load_train_source
 from .records import (
+    BadRows,
     DataError,
     Example,
     answer_from_solution,
@@ -25,11 +27,25 @@ log = logging.getLogger(__name__)
 SOURCES = ("synthetic_counting", "synthetic_geometry", "r1v")
 
 
-def load_split(task: Any, role: str, cache_dir: str):
-    """The raw `datasets.Dataset` of `task`'s "train" or "test" split, validated and subset."""
+def load_split(task: Any, role: str, cache_dir: str, bad_rows: BadRows | None = None):
+    """The raw `datasets.Dataset` of `task`'s "train" or "test" split, validated and subset.
+
+    Every row that can reach the model is checked (text fields, a decodable image): with
+    `bad_rows` in "skip" mode a bad row is recorded and left out, otherwise the first one raises
+    a DataError naming the file and row. A subset (`train_size`, `eval_size`) is the first that
+    many good rows in its order, so skipped rows do not shrink it."""
     if task.source not in SOURCES:
         raise DataError(f"task.source='{task.source}' for task '{task.name}': expected one of {list(SOURCES)}")
+    bad_rows = bad_rows or BadRows()
     split = "train" if role == "train" else "test"
+    bad_rows.split = f"{task.name} {split}"
+    size = task.train_size if role == "train" else task.eval_size
+    if size is not None and size <= 0:
+        key = "train_size" if role == "train" else "eval_size"
+        raise DataError(f"task.{key}={size} for task '{task.name}': must be positive")
+    # JSONL files are checked line by line as they are read (errors name the line); the other
+    # sources row by row below, only as far as the subset needs.
+    checked = False
     if task.source.startswith("synthetic"):
         syn = task.synthetic
         if syn is None:
@@ -43,42 +59,55 @@ def load_split(task: Any, role: str, cache_dir: str):
     elif role == "train":
         if not task.train_source:
             raise DataError(f"task '{task.name}': task.train_source is not set")
-        ds = load_train_source(task.train_source, task.train_split, cache_dir=f"{cache_dir}/hub")
+        ds = load_train_source(task.train_source, task.train_split, cache_dir=f"{cache_dir}/hub", bad_rows=bad_rows)
         where = f"{task.train_source} ({task.train_split} split)"
+        checked = task.train_source.endswith((".jsonl", ".json"))
     else:
         if not task.test_jsonl:
             raise DataError(f"task '{task.name}': task.test_jsonl is not set")
-        ds = load_test_jsonl(task.test_jsonl, task.image_root)
-        where = task.test_jsonl
+        ds = load_test_jsonl(task.test_jsonl, task.image_root, bad_rows=bad_rows)
+        where, checked = task.test_jsonl, True
+    if checked:
+        bad_rows.check_fraction(where, len(ds))
 
     check_fields(ds.column_names, role, where)
     if len(ds) == 0:
         raise DataError(f"{where}: the {split} split of task '{task.name}' is empty")
-    size = task.train_size if role == "train" else task.eval_size
-    if size is not None:
-        if size <= 0:
-            key = "train_size" if role == "train" else "eval_size"
-            raise DataError(f"task.{key}={size} for task '{task.name}': must be positive")
-        if size < len(ds):
-            # Seeded, so the same few-shot subset is drawn by every method and every rerun.
-            ds = ds.shuffle(seed=task.train_subset_seed).select(range(size)) if role == "train" else ds.select(range(size))
-    _validate_rows(ds, role, where)
-    return ds
+    if role == "train" and size is not None and size < len(ds):
+        # Seeded, so the same few-shot subset is drawn by every method and every rerun (the order
+        # `datasets`' shuffle(seed) gives, so subsets match those drawn before rows were skippable).
+        order = np.random.default_rng(task.train_subset_seed).permutation(len(ds)).tolist()
+    else:
+        order = list(range(len(ds)))
+    check_row = (lambda i: None) if checked else _row_checker(ds, role, where)
+    keep: list[int] = []
+    for index in order:
+        if size is not None and len(keep) == size:
+            break
+        if bad_rows.keep(lambda: check_row(index)):
+            keep.append(index)
+    if not checked:
+        bad_rows.check_fraction(where, len(keep))
+    return ds if keep == list(range(len(ds))) else ds.select(keep)
 
 
-def _validate_rows(ds, role: str, where: str) -> None:
-    """Every row has its text fields and a decodable image; errors name the row."""
+def _row_checker(ds, role: str, where: str):
+    """check(i) raises a RowError when row i of `ds` has an empty text field or an unusable image."""
     import datasets
 
     text_fields = ("problem", "solution") if role == "train" else ("question", "ground_truth")
-    for field in text_fields:
-        for row, value in enumerate(ds[field]):
-            check_text(value, field, where, row)
-    if "image" in ds.column_names and isinstance(ds.features.get("image"), datasets.Image):
-        raw = ds.cast_column("image", datasets.Image(decode=False))
-        for row, value in enumerate(raw["image"]):
-            check_image_value(value, where, row)
-    # JSONL test splits (image_path) were checked file by file when loaded.
+    texts = {field: ds[field] for field in text_fields}
+    image_column = "image" if "image" in ds.column_names else "image_path"
+    images = ds.select_columns([image_column])
+    if isinstance(images.features[image_column], datasets.Image):
+        images = images.cast_column(image_column, datasets.Image(decode=False))
+
+    def check(index: int) -> None:
+        for field, values in texts.items():
+            check_text(values[index], field, where, index)
+        check_image_value(images[index][image_column], where, index)
+
+    return check
 
 
 class TaskSplit(TorchDataset):
