@@ -91,6 +91,28 @@ def test_an_unfinished_attempt_is_kept_aside(make_cfg):
     assert (run_dir / "results.json").is_file()
 
 
+def test_resume_auto_continues_only_where_a_checkpoint_is_and_sets_a_failed_record_aside(make_cfg, tmp_path):
+    from othink_mr1.checks import check_config
+    from othink_mr1.runner import resume_checkpoint
+    from othink_mr1.utils.run_dir import claim_run_dir
+
+    cfg, run_dir = make_cfg(*TINY, "resume=auto"), tmp_path / "cell"
+    assert resume_checkpoint(cfg, run_dir) is None  # no checkpoint yet: a fresh start
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    assert resume_checkpoint(cfg, run_dir) == ckpt
+    evaluation = make_cfg("mode=eval", *TINY, "resume=auto")  # a sweep's base cell: accepted, a no-op
+    check_config(evaluation)
+    assert resume_checkpoint(evaluation, run_dir) is None
+    # A failed attempt that is resumed keeps its files; its error record moves aside, not away.
+    (run_dir / "error.json").write_text('{"status": "failed"}')
+    (run_dir / "meta.json").write_text("{}")
+    moved = claim_run_dir(run_dir, keep=True)
+    assert (moved / "error.json").read_text() == '{"status": "failed"}'
+    assert not (run_dir / "error.json").exists() and (run_dir / "meta.json").exists() and ckpt.read_bytes() == b"weights"
+
+
 def test_eval_mode_scores_a_checkpoint_and_an_exported_model(finished_run, make_cfg):
     _, run_dir, results = finished_run
     for ckpt in (run_dir / "checkpoints" / "last.ckpt", run_dir / "model"):
