@@ -131,10 +131,12 @@ def test_wandb_runs_offline_with_grouping_keys_and_is_always_finished(make_cfg, 
 
     # Look at the run's config as wandb holds it, just before the runner finishes the run.
     seen: dict = {}
+    summary: dict = {}
     real_finish = wandb.finish
 
     def spy_finish(*args, **kwargs):
         seen.update(dict(wandb.run.config))
+        summary.update({key: wandb.run.summary[key] for key in wandb.run.summary.keys()})
         return real_finish(*args, **kwargs)
 
     monkeypatch.setattr(wandb, "finish", spy_finish)
@@ -145,6 +147,8 @@ def test_wandb_runs_offline_with_grouping_keys_and_is_always_finished(make_cfg, 
     assert wandb.run is None  # finished
     assert (seen["task"], seen["method"], seen["model"], seen["seed"]) == ("counting", "sft", "tiny", 42)
     assert seen["config"]["method"]["lr"] == cfg.method.lr
+    assert summary["status"] == "finished" and summary["data/skipped_rows"] == 0
+    assert summary["eval/counting/acc"] == json.loads((run_dir / "results.json").read_text())["after"]["counting"]["accuracy"]
 
     # A failure mid-training still finishes the wandb run, and the error propagates.
     from othink_mr1.methods.sft import SFTModule

@@ -167,6 +167,7 @@ def write_wandb_summary(loggers: list[Any], results: dict[str, Any]) -> None:
             summary[f"{prefix}/{task}/acc"] = scores["accuracy"]
     if results.get("train"):
         summary["train/seconds"] = results["train"]["seconds"]
+    summary["data/skipped_rows"] = sum(results["data"]["skipped_rows"].values())
     for lg in loggers:
         if isinstance(lg, WandbLogger):
             lg.experiment.summary.update(summary)
