@@ -47,6 +47,7 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_end(tmp_path):
     [whole_dir] = (tmp_path / "whole" / "runs").iterdir()
 
     kill_after = random.Random(os.getpid()).randint(1, 4)  # optimizer steps logged before the kill
+    print(f"SIGKILL after {kill_after} logged step(s)")
     out = tmp_path / "killed"
     process = subprocess.Popen(command(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     run_dir = out / "runs" / whole_dir.name
