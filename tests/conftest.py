@@ -66,6 +66,19 @@ def compose_config(overrides: list[str] | None = None, output_dir: Path | None =
     return cfg
 
 
+def task_config(**kwargs) -> DictConfig:
+    """A task node (schema-checked) for loader tests: an R1-V counting task unless `kwargs` say otherwise."""
+    from omegaconf import OmegaConf
+
+    from othink_mr1.config import TaskConfig
+
+    kwargs.setdefault("name", "t")
+    kwargs.setdefault("source", "r1v")
+    kwargs.setdefault("scorer", "counting")
+    kwargs.setdefault("prompt", "{question} Output the final answer in <answer> </answer> tags.")
+    return OmegaConf.structured(TaskConfig(**kwargs))
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     def _make(*overrides: str, shrink: bool = True) -> DictConfig:

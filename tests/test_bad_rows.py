@@ -10,10 +10,9 @@ from pathlib import Path
 
 import datasets
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 
-from othink_mr1.config import TaskConfig
+from conftest import task_config
 from othink_mr1.data.hub import load_test_jsonl, load_train_source
 from othink_mr1.data.records import BadRows, DataError
 from othink_mr1.data.tasks import TaskSplit, load_split
@@ -27,14 +26,6 @@ FEATURES = datasets.Features(
 @pytest.fixture(autouse=True)
 def _hf_cache_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets_cache")
-
-
-def _task(**kwargs):
-    kwargs.setdefault("name", "t")
-    kwargs.setdefault("source", "r1v")
-    kwargs.setdefault("scorer", "counting")
-    kwargs.setdefault("prompt", "{question} Output the final answer in <answer> </answer> tags.")
-    return OmegaConf.structured(TaskConfig(**kwargs))
 
 
 def _image_bytes(colour=(10, 20, 30), size=(16, 16), fmt="PNG") -> bytes:
@@ -94,7 +85,7 @@ def _bad_test_file(folder: Path, good: int = 20) -> tuple[Path, list[int]]:
 def test_skip_leaves_every_kind_of_bad_test_line_out_and_lists_it(tmp_path):
     path, bad_lines = _bad_test_file(tmp_path)
     bad_rows = BadRows("skip", max_fraction=0.5)
-    ds = load_split(_task(test_jsonl=str(path), image_root=str(tmp_path)), "test", str(tmp_path / "c"), bad_rows)
+    ds = load_split(task_config(test_jsonl=str(path), image_root=str(tmp_path)), "test", str(tmp_path / "c"), bad_rows)
     assert ds["question"] == [f"Question {i}?" for i in range(20)]  # every good line, in order
     assert [r["line"] for r in bad_rows.rows] == bad_lines
     for row, (_, reason) in zip(bad_rows.rows, BAD_TEST_LINES.values()):
@@ -143,7 +134,7 @@ def test_skip_on_a_saved_train_split_keeps_the_good_rows_in_order(tmp_path):
     folder = tmp_path / "train"
     _train_dataset(40, TRAIN_FAULTS).save_to_disk(str(folder))
     bad_rows = BadRows("skip", max_fraction=0.2)
-    ds = load_split(_task(train_source=str(folder)), "train", str(tmp_path / "c"), bad_rows)
+    ds = load_split(task_config(train_source=str(folder)), "train", str(tmp_path / "c"), bad_rows)
     assert ds["problem"] == [f"Problem {i}?" for i in range(40) if i not in TRAIN_FAULTS]
     assert {r["row"]: r["reason"] for r in bad_rows.rows}.keys() == TRAIN_FAULTS.keys()
     reasons = {r["row"]: r["reason"] for r in bad_rows.rows}
@@ -151,25 +142,25 @@ def test_skip_on_a_saved_train_split_keeps_the_good_rows_in_order(tmp_path):
     assert "unreadable image" in reasons[11] and "unreadable image" in reasons[20]
     assert "aspect ratio" in reasons[26]
     # What is kept decodes: the loader never meets a skipped row.
-    split = TaskSplit(_task(), "train", ds)
+    split = TaskSplit(task_config(), "train", ds)
     assert [split[i].image.size for i in range(len(split))] == [(16, 16)] * len(split)
     # The default stops at the first, named by its row.
     with pytest.raises(DataError, match=r"\(train split\), row 3: field 'problem' is empty"):
-        load_split(_task(train_source=str(folder)), "train", str(tmp_path / "c"))
+        load_split(task_config(train_source=str(folder)), "train", str(tmp_path / "c"))
 
 
 def test_a_few_shot_subset_is_the_first_good_rows_of_its_seeded_order(tmp_path):
     clean, dirty = tmp_path / "clean", tmp_path / "dirty"
     _train_dataset(60, {}).save_to_disk(str(clean))
     # Unchanged when nothing is bad: the subset `datasets`' shuffle(seed) gave before rows were skippable.
-    subset = load_split(_task(train_source=str(clean), train_size=20, train_subset_seed=3), "train", str(tmp_path / "c"))
+    subset = load_split(task_config(train_source=str(clean), train_size=20, train_subset_seed=3), "train", str(tmp_path / "c"))
     assert subset["problem"] == _train_dataset(60, {}).shuffle(seed=3).select(range(20))["problem"]
     # Two of the chosen rows are bad: the subset still has 20 rows, the next good ones in that order.
     order = [int(p.split()[1][:-1]) for p in _train_dataset(60, {}).shuffle(seed=3)["problem"]]
     faults = {order[4]: "garbage image", order[9]: "empty problem"}
     _train_dataset(60, faults).save_to_disk(str(dirty))
     bad_rows = BadRows("skip", max_fraction=0.2)
-    ds = load_split(_task(train_source=str(dirty), train_size=20, train_subset_seed=3), "train", str(tmp_path / "c"),
+    ds = load_split(task_config(train_source=str(dirty), train_size=20, train_subset_seed=3), "train", str(tmp_path / "c"),
                     bad_rows)
     expected = [f"Problem {i}?" for i in order if i not in faults][:20]
     assert ds["problem"] == expected
@@ -208,7 +199,7 @@ def test_a_json_array_train_file_is_read_and_checked_by_row(tmp_path):
 
 def test_too_many_bad_rows_stop_the_run_even_with_skip(tmp_path):
     path, _ = _bad_test_file(tmp_path, good=20)  # 8 bad of 28: 29%
-    task = _task(test_jsonl=str(path), image_root=str(tmp_path))
+    task = task_config(test_jsonl=str(path), image_root=str(tmp_path))
     with pytest.raises(DataError) as err:
         load_split(task, "test", str(tmp_path / "c"), BadRows("skip", max_fraction=0.1))
     message = str(err.value)
@@ -216,7 +207,7 @@ def test_too_many_bad_rows_stop_the_run_even_with_skip(tmp_path):
     assert str(path) in message and "not found" in message  # the first ones, so the cause is visible
     # Every row bad (a wrong image_root): stops whatever the fraction allows.
     with pytest.raises(DataError, match=r"no usable rows, all 28 are bad \(first: line 1: image file not found"):
-        load_split(_task(test_jsonl=str(path), image_root=str(tmp_path / "wrong")), "test", str(tmp_path / "c"),
+        load_split(task_config(test_jsonl=str(path), image_root=str(tmp_path / "wrong")), "test", str(tmp_path / "c"),
                    BadRows("skip", max_fraction=1.0))
 
 

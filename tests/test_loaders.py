@@ -11,14 +11,12 @@ import shutil
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import R1V_EVAL
-from othink_mr1.config import SyntheticDataConfig, TaskConfig
+from conftest import R1V_EVAL, task_config
+from othink_mr1.config import SyntheticDataConfig
 from othink_mr1.data.collate import IGNORE_INDEX, PromptCollator, SFTCollator, render_prompt
 from othink_mr1.data.hub import PUBLISHED_SHA256, check_published, file_sha256, load_test_jsonl, load_train_source
 from othink_mr1.data.records import DataError, Example, answer_from_solution, sft_target
@@ -66,14 +64,6 @@ def _train_folder(path: Path, n: int = 5, **extra_columns) -> Path:
         features[name] = datasets.Value("string")
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(path))
     return path
-
-
-def _task(**kwargs):
-    kwargs.setdefault("name", "t")
-    kwargs.setdefault("source", "r1v")
-    kwargs.setdefault("scorer", "counting")
-    kwargs.setdefault("prompt", "{question} Output the final answer in <answer> </answer> tags.")
-    return OmegaConf.structured(TaskConfig(**kwargs))
 
 
 def _image_paths(name: str) -> list[str]:
@@ -239,12 +229,12 @@ def test_load_test_jsonl_rejects_empty_and_missing_files(tmp_path):
 
 def test_load_split_reports_test_file_errors(tmp_path):
     path = _bad_test_file(tmp_path, json.dumps(dict(GOOD, image_path="missing.png")))
-    task = _task(test_jsonl=str(path), image_root=str(tmp_path))
+    task = task_config(test_jsonl=str(path), image_root=str(tmp_path))
     with pytest.raises(DataError, match="missing.png") as err:
         load_split(task, "test", str(tmp_path / "cache"))
     assert str(path) in str(err.value) and _where_line(str(err.value), 3)
     with pytest.raises(DataError, match="test_jsonl is not set"):
-        load_split(_task(), "test", str(tmp_path / "cache"))
+        load_split(task_config(), "test", str(tmp_path / "cache"))
 
 
 # ------------------------------------------------------------------------------------- train loaders
@@ -256,7 +246,7 @@ def _assert_train_rows(ds, n: int) -> None:
     assert {"image", "problem", "solution"} <= set(ds.column_names)
     assert ds["problem"] == rows["problem"]
     assert ds["solution"] == rows["solution"]
-    examples = TaskSplit(_task(), "train", ds)
+    examples = TaskSplit(task_config(), "train", ds)
     for i in range(n):
         ex = examples[i]
         assert ex.image.mode == "RGB" and ex.image.size == (8, 8)
@@ -345,44 +335,44 @@ def train_150(tmp_path) -> Path:
 
 def test_load_split_few_shot_subset_is_seeded(tmp_path, train_150):
     cache = str(tmp_path / "cache")
-    full = load_split(_task(train_source=str(train_150)), "train", cache)
+    full = load_split(task_config(train_source=str(train_150)), "train", cache)
     assert len(full) == 150
-    first = load_split(_task(train_source=str(train_150), train_size=100), "train", cache)
-    again = load_split(_task(train_source=str(train_150), train_size=100), "train", cache)
-    other = load_split(_task(train_source=str(train_150), train_size=100, train_subset_seed=1), "train", cache)
+    first = load_split(task_config(train_source=str(train_150), train_size=100), "train", cache)
+    again = load_split(task_config(train_source=str(train_150), train_size=100), "train", cache)
+    other = load_split(task_config(train_source=str(train_150), train_size=100, train_subset_seed=1), "train", cache)
     assert len(first) == len(again) == len(other) == 100
     assert first["problem"] == again["problem"]
     assert first["problem"] != other["problem"]
     assert len(set(first["problem"])) == 100 and set(first["problem"]) <= set(full["problem"])
     assert first["problem"] != full["problem"][:100]  # shuffled, not the first 100
     # A size at least the split's size keeps everything.
-    assert len(load_split(_task(train_source=str(train_150), train_size=500), "train", cache)) == 150
+    assert len(load_split(task_config(train_source=str(train_150), train_size=500), "train", cache)) == 150
     with pytest.raises(DataError, match="train_size=0"):
-        load_split(_task(train_source=str(train_150), train_size=0), "train", cache)
+        load_split(task_config(train_source=str(train_150), train_size=0), "train", cache)
 
 
 def test_load_split_eval_size_takes_the_first_rows(tmp_path, image_roots):
     name = "geoqa_test_754.jsonl"
-    task = _task(scorer="geometry", test_jsonl=str(R1V_EVAL / name), image_root=str(image_roots[name]), eval_size=7)
+    task = task_config(scorer="geometry", test_jsonl=str(R1V_EVAL / name), image_root=str(image_roots[name]), eval_size=7)
     ds = load_split(task, "test", str(tmp_path / "cache"))
     records = _records(name)[:7]
     assert len(ds) == 7
     assert ds["question"] == [r["question"] for r in records]
     assert ds["ground_truth"] == [r["ground_truth"] for r in records]
-    whole = load_split(_task(test_jsonl=str(R1V_EVAL / "superclevr_test_200.jsonl"),
+    whole = load_split(task_config(test_jsonl=str(R1V_EVAL / "superclevr_test_200.jsonl"),
                              image_root=str(image_roots["superclevr_test_200.jsonl"])), "test", str(tmp_path / "c"))
     assert len(whole) == 200
     with pytest.raises(DataError, match="eval_size=-1"):
-        load_split(_task(test_jsonl=str(R1V_EVAL / name), image_root=str(image_roots[name]), eval_size=-1),
+        load_split(task_config(test_jsonl=str(R1V_EVAL / name), image_root=str(image_roots[name]), eval_size=-1),
                    "test", str(tmp_path / "cache"))
 
 
 def test_load_split_rejects_an_unknown_source(tmp_path):
     with pytest.raises(DataError, match="task.source='bogus'") as err:
-        load_split(_task(source="bogus"), "train", str(tmp_path))
+        load_split(task_config(source="bogus"), "train", str(tmp_path))
     assert "r1v" in str(err.value)
     with pytest.raises(DataError, match="train_source is not set"):
-        load_split(_task(), "train", str(tmp_path))
+        load_split(task_config(), "train", str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- load_split: bad train
@@ -420,7 +410,7 @@ def _bad_train(tmp_path: Path, case: str) -> Path:
 def test_load_split_names_source_row_and_field_of_bad_train_data(tmp_path, case, names):
     folder = _bad_train(tmp_path, case)
     with pytest.raises(DataError) as err:
-        load_split(_task(train_source=str(folder)), "train", str(tmp_path / "cache"))
+        load_split(task_config(train_source=str(folder)), "train", str(tmp_path / "cache"))
     message = str(err.value)
     assert str(folder) in message, message
     for part in names:
@@ -440,7 +430,7 @@ def test_load_split_names_an_empty_train_split_in_every_local_format(tmp_path, f
         path = tmp_path / "empty.jsonl"
         path.write_text("" if fmt == "jsonl" else "\n \n")
     with pytest.raises(DataError) as err:
-        load_split(_task(train_source=str(path)), "train", str(tmp_path / "cache"))
+        load_split(task_config(train_source=str(path)), "train", str(tmp_path / "cache"))
     message = str(err.value)
     assert str(path) in message and "train split" in message and "empty" in message
 
@@ -452,7 +442,7 @@ def test_load_split_names_a_missing_image_of_a_jsonl_train_file(tmp_path):
              {"image": "gone.png", "problem": "How many?", "solution": "<answer> 4 </answer>"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
     with pytest.raises(DataError) as err:
-        load_split(_task(train_source=str(path)), "train", str(tmp_path / "cache"))
+        load_split(task_config(train_source=str(path)), "train", str(tmp_path / "cache"))
     message = str(err.value)
     assert str(path) in message and "line 2" in message  # the file's own line number
     assert "image file not found" in message and "gone.png" in message
@@ -482,7 +472,7 @@ def test_task_split_train_examples(tmp_path):
     rows["solution"] = ["<answer> 3 </answer>", "<answer>10</answer>", "<answer>\\frac{7}{2}</answer>"]
     folder = tmp_path / "train"
     datasets.Dataset.from_dict(rows, features=TRAIN_FEATURES).save_to_disk(str(folder))
-    task = _task(train_source=str(folder))
+    task = task_config(train_source=str(folder))
     split = TaskSplit(task, "train", load_split(task, "train", str(tmp_path / "cache")))
     assert len(split) == 3
     examples = [split[i] for i in range(3)]
@@ -497,7 +487,7 @@ def test_task_split_train_examples(tmp_path):
 def test_task_split_thinking_column_makes_think_targets(tmp_path):
     folder = _train_folder(tmp_path / "thinking", n=3,
                            thinking=["I count 3 objects.", "<think> Four. </think>", None])
-    task = _task(train_source=str(folder))
+    task = task_config(train_source=str(folder))
     ds = load_split(task, "train", str(tmp_path / "cache"))
     auto = TaskSplit(task, "train", ds, sft_target_mode="auto")
     assert auto[0].target == "<think> I count 3 objects. </think> <answer> 3 </answer>"
@@ -511,7 +501,7 @@ def test_task_split_thinking_column_makes_think_targets(tmp_path):
 
 def test_task_split_test_examples_from_jsonl(tmp_path, image_roots):
     name = "geoqa_test_754.jsonl"
-    task = _task(scorer="geometry", test_jsonl=str(R1V_EVAL / name), image_root=str(image_roots[name]), eval_size=3)
+    task = task_config(scorer="geometry", test_jsonl=str(R1V_EVAL / name), image_root=str(image_roots[name]), eval_size=3)
     split = TaskSplit(task, "test", load_split(task, "test", str(tmp_path / "cache")))
     ex = split[0]
     assert ex.answer == "140°"
@@ -521,7 +511,7 @@ def test_task_split_test_examples_from_jsonl(tmp_path, image_roots):
 
 
 def test_synthetic_task_split_through_load_split(tmp_path):
-    task = _task(name="counting", source="synthetic_counting",
+    task = task_config(name="counting", source="synthetic_counting",
                  synthetic=SyntheticDataConfig(num_train=5, num_test=4, image_size=112, seed=0))
     train = TaskSplit(task, "train", load_split(task, "train", str(tmp_path)))
     test = TaskSplit(task, "test", load_split(task, "test", str(tmp_path)))
