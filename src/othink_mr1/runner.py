@@ -30,7 +30,7 @@ from .checks import check_config
 from .preflight import preflight
 from .config import run_identity
 from .data.datamodule import VLMDataModule
-from .data.records import BadRows
+from .data.records import BadRows, row_label
 from .evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
 from .utils.errors import ConfigError
 from .utils.quiet import quiet_third_party
@@ -61,9 +61,8 @@ def report_bad_rows(bad_rows: BadRows, run_dir: Path) -> None:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in bad_rows.rows), encoding="utf-8")
     for split, count in bad_rows.counts().items():
         first = next(r for r in bad_rows.rows if r["split"] == split)
-        log.warning("data.on_bad_row=skip: %d bad row(s) of the %s split left out (first: %s %s: %s); all "
-                    "listed in %s", count, split, "line" if "line" in first else "row",
-                    first.get("line", first.get("row")), first["reason"], path)
+        log.warning("data.on_bad_row=skip: %d bad row(s) of the %s split left out (first: %s: %s); all "
+                    "listed in %s", count, split, row_label(first), first["reason"], path)
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:

@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from .records import BadRows, DataError, RowError, check_image_file, check_text, missing_fields
+from .records import BadRows, DataError, RowError, check_image_file, check_text, missing_fields, text_fields
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def read_jsonl(path: Path, role: str, image_root: Path, bad_rows: BadRows | None
     bad line stops the load or is skipped."""
     bad_rows = bad_rows or BadRows()
     image_key = "image" if role == "train" else "image_path"
-    text_fields = ("problem", "solution") if role == "train" else ("question", "ground_truth")
+    texts = text_fields(role)
     records: list[dict] = []
 
     def parse(line: str | None, number: int, unit: str, record: object = None) -> None:
@@ -66,7 +66,7 @@ def read_jsonl(path: Path, role: str, image_root: Path, bad_rows: BadRows | None
         missing = missing_fields(list(record), role)
         if missing:
             raise RowError(str(path), number, f"missing field(s) {missing}; the record has {sorted(record)}", unit)
-        for field in text_fields:
+        for field in texts:
             check_text(record[field], field, str(path), number, unit=unit)
         image = record.get(image_key) if role == "train" else record.get("image_path") or record.get("image")
         check_text(image, image_key, str(path), number, unit=unit)
@@ -74,7 +74,7 @@ def read_jsonl(path: Path, role: str, image_root: Path, bad_rows: BadRows | None
         check_image_file(resolved, str(path), number, unit=unit)
         record.pop("image", None)
         record[image_key] = str(resolved)
-        for field in text_fields:  # R1-V writes some ground truths as numbers: text, as the scorers read it
+        for field in texts:  # R1-V writes some ground truths as numbers: text, as the scorers read it
             record[field] = str(record[field])
         records.append(record)
 

@@ -20,6 +20,17 @@ from PIL import Image
 TRAIN_FIELDS = ("image", "problem", "solution")
 TEST_FIELDS = ("question", "ground_truth")  # plus image or image_path
 
+
+def text_fields(role: str) -> tuple[str, str]:
+    """The fields of a "train" or "test" record that must hold non-empty text."""
+    return ("problem", "solution") if role == "train" else TEST_FIELDS
+
+
+def row_label(record: dict[str, Any]) -> str:
+    """The label of a row BadRows recorded: "line 83" (a JSONL line) or "row 7" (a dataset row)."""
+    unit = "line" if "line" in record else "row"
+    return f"{unit} {record[unit]}"
+
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
@@ -81,8 +92,7 @@ class BadRows:
         examined = good + len(bad)
         if not bad or (good and len(bad) <= self.max_fraction * examined):
             return
-        first = "; ".join(f"{'line' if 'line' in r else 'row'} {r.get('line', r.get('row'))}: {r['reason']}"
-                          for r in bad[:3])
+        first = "; ".join(f"{row_label(r)}: {r['reason']}" for r in bad[:3])
         if not good:
             raise DataError(f"{where}: no usable rows, all {examined} are bad (first: {first})")
         raise DataError(

@@ -19,6 +19,7 @@ from .records import (
     check_text,
     load_image,
     sft_target,
+    text_fields,
 )
 from .synthetic import synthetic_split
 
@@ -95,8 +96,7 @@ def _row_checker(ds, role: str, where: str):
     """check(i) raises a RowError when row i of `ds` has an empty text field or an unusable image."""
     import datasets
 
-    text_fields = ("problem", "solution") if role == "train" else ("question", "ground_truth")
-    texts = {field: ds[field] for field in text_fields}
+    texts = {field: ds[field] for field in text_fields(role)}
     image_column = "image" if "image" in ds.column_names else "image_path"
     images = ds.select_columns([image_column])
     if isinstance(images.features[image_column], datasets.Image):
