@@ -25,7 +25,8 @@ def _run(row: str, task: str | None, seed: int | None, acc: dict[str, float], st
     method = None if row == "base" else row
     return RunResult(run_name=f"{task}_{row}_seed{seed}", mode="eval" if row == "base" else "train", model=model,
                      status=status, cell=row, task=task, method=method, kl=None, seed=seed,
-                     accuracy=acc if status == "finished" else {})
+                     accuracy=acc if status == "finished" else {},
+                     protocol={t: "r1v" for t in acc} if status == "finished" else {})
 
 
 def _grid() -> list[RunResult]:
@@ -58,6 +59,7 @@ def test_stat_is_mean_and_sample_std_over_seeds_in_percent():
 
 def test_same_task_table_values_order_best_and_failed_cells():
     table = same_task_table(_grid())
+    assert table.title == "Table 1 (scoring: r1v): accuracy (%) on the trained task (same-task)"
     assert table.columns == ["model", "method", "counting", "geometry"]
     assert [r[1] for r in table.rows] == ["base", "grpo", "sft", "grpo_d"]  # the paper's row order
     assert _row(table, "grpo_d")[2] == "70.00 ± 10.00 (n=3)"
@@ -199,12 +201,19 @@ def test_smoke_report_fills_every_cell_and_wandb_offline_gives_identical_tables(
     from_wandb = load_source(f"wandb-offline:{grid}", group="smoke")
     assert len(from_dirs) == len(from_wandb) == 7
     tables, wandb_tables = build_tables(from_dirs, paper=True), build_tables(from_wandb, paper=True)
-    assert set(tables) == {"same_task", "cross_task", "runs"}
+    assert set(tables) == {"same_task", "relative_gains", "cross_task", "runs"}
     for name in tables:
         assert tables[name].markdown() == wandb_tables[name].markdown(), name
 
-    same, cross = tables["same_task"], tables["cross_task"]
+    same, cross, gains = tables["same_task"], tables["cross_task"], tables["relative_gains"]
+    # One protocol for the whole grid, whichever the evaluation recorded (none: a legacy run, normalized).
+    protocols = {p for r in from_dirs for p in r.protocol.values()}
+    assert len(protocols) == 1 and protocols <= {"r1v", "normalized"}
+    for table in (same, cross, gains):
+        assert f"(scoring: {next(iter(protocols))}" in table.title, table.title
     assert [r[1] for r in same.rows] == ["base", "grpo", "sft", "grpo_d"]
+    assert [r[:2] for r in gains.rows] == [["tiny", "counting"], ["tiny", "geometry"]]
+    assert all(r[3] == r[5] == "—" and r[6] == "1, 1, 1" for r in gains.rows)  # tiny: not a model of the paper
     assert len(cross.rows) == 2 * 4  # two train -> eval pairs x four rows
     for table in (same, cross):
         for row in table.rows:
@@ -217,7 +226,8 @@ def test_smoke_report_fills_every_cell_and_wandb_offline_gives_identical_tables(
     # The CLI writes every format and the figures into the folder it is given.
     out = tmp_path / "report"
     assert report_main([str(grid), "--paper", "--out", str(out)]) == 0
-    for name in ("tables.md", "tables.tex", "same_task.csv", "cross_task.csv", "runs.csv", "beta_schedules.png",
+    for name in ("tables.md", "tables.tex", "same_task.csv", "relative_gains.csv", "cross_task.csv", "runs.csv",
+                 "beta_schedules.png",
                  "training_curves.png", "cross_task.png"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "tables.md").read_text().startswith("### Table 1")

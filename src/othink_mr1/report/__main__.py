@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..utils.errors import ConfigError
 from .runs import RunResult, load_source
-from .tables import Table, build_tables
+from .tables import MixedProtocolsError, Table, build_tables
 
 
 def default_out(source: str, group: str | None) -> Path:
@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = args.out or default_out(args.source, args.group)
-    tables = build_tables(runs, paper=args.paper)
+    try:
+        tables = build_tables(runs, paper=args.paper)
+    except MixedProtocolsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     written = write_report(tables, runs, out, figures=not args.no_figures)
     print(render(tables))
     print(f"[report] {len(runs)} runs; wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written))

@@ -24,6 +24,17 @@ from ..utils.errors import ConfigError
 # The metrics the figures draw, by their logged names.
 CURVE_METRICS = ("train/reward", "train/kl", "train/beta")
 BASE_ROW = "base"
+# How an evaluation scored its answers, per task: "r1v" is R1-V's scoring, the paper's protocol (and the
+# evaluation's default); "normalized" is the older normalising geometry scorer.
+PAPER_PROTOCOL = "r1v"
+# Runs written before the evaluation recorded a protocol have no "protocol" key: they were all scored
+# with the normalising scorer, so a missing key reads as "normalized" (never as the paper's r1v).
+LEGACY_PROTOCOL = "normalized"
+
+
+def task_protocol(summary: dict[str, Any] | None) -> str:
+    """The scoring protocol of one per-task summary (results.json["after"][task]); legacy: normalized."""
+    return (summary or {}).get("protocol") or LEGACY_PROTOCOL
 
 
 @dataclass
@@ -40,6 +51,7 @@ class RunResult:
     seed: int | None = None
     tag: str | None = None
     accuracy: dict[str, float] = field(default_factory=dict)  # eval task -> accuracy in [0, 1]
+    protocol: dict[str, str] = field(default_factory=dict)  # eval task -> scoring protocol of that accuracy
     seconds: float | None = None
     train_seconds: float | None = None
     devices: int | None = None  # processes (GPUs on a GPU run) over all nodes
@@ -87,8 +99,10 @@ def read_run_dir(run_dir: Path, with_curves: bool = True) -> RunResult | None:
     results, error, config = run_dir / "results.json", run_dir / "error.json", run_dir / "config.yaml"
     if results.exists():
         payload = json.loads(results.read_text())
+        after = payload.get("after") or {}
         result = RunResult(**_identity(payload), status="finished",
-                           accuracy={t: s["accuracy"] for t, s in (payload.get("after") or {}).items()},
+                           accuracy={t: s["accuracy"] for t, s in after.items()},
+                           protocol={t: task_protocol(s) for t, s in after.items()},
                            seconds=payload.get("seconds"), train_seconds=(payload.get("train") or {}).get("seconds"),
                            devices=(payload.get("hardware") or {}).get("devices"))
     elif error.exists():
@@ -169,6 +183,8 @@ def run_from_wandb(config: dict[str, Any], summary: dict[str, Any], exit_code: i
     ident = _identity(config)
     eval_tasks = config.get("eval_tasks") or []
     accuracy = {t: float(summary[f"eval/{t}/acc"]) for t in eval_tasks if summary.get(f"eval/{t}/acc") is not None}
+    # eval/<task>/protocol beside the accuracy; a run logged without one is a legacy (normalized) run.
+    protocol = {t: task_protocol({"protocol": summary.get(f"eval/{t}/protocol")}) for t in accuracy}
     if summary.get("status") == "finished":
         status = "finished"
     elif exit_code not in (None, 0) or summary.get("status") == "failed":
@@ -176,6 +192,7 @@ def run_from_wandb(config: dict[str, Any], summary: dict[str, Any], exit_code: i
     else:
         status = "unfinished"
     result = RunResult(**ident, status=status, accuracy=accuracy if status == "finished" else {},
+                       protocol=protocol if status == "finished" else {},
                        seconds=summary.get("seconds"), train_seconds=summary.get("train/seconds"),
                        devices=summary.get("hardware/devices"),
                        error=summary.get("error"))

@@ -4,6 +4,11 @@ per-run listing; rendered as Markdown, CSV and LaTeX.
 Accuracy is shown in percent, mean +- sample std over seeds with n. Cells that failed, never finished
 or never started are shown as such (with how many), never dropped. Relative change is the paper's
 (x - y) / y on the means (report/relative.py).
+
+Every accuracy carries the scoring protocol it was measured under (runs.py: "r1v", the paper's, or
+"normalized"). A table averages accuracies of one protocol only and says which in its title; one whose
+accuracies were scored under different protocols is refused (MixedProtocolsError), since the two
+scorers do not give comparable numbers.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from .paper import CROSS_TASK_2B, TABLE1
+from .paper import CROSS_TASK_2B, STATED_MODEL, STATED_RELATIVE, TABLE1
 from .relative import format_relative, relative_change
-from .runs import BASE_ROW, RunResult
+from .runs import BASE_ROW, LEGACY_PROTOCOL, PAPER_PROTOCOL, RunResult
 
 # The paper's row order in Table 1; other rows (ablation cells, other schedules) follow in sweep order.
 PAPER_ROWS = (BASE_ROW, "grpo", "sft", "grpo_d")
@@ -26,12 +31,19 @@ PAPER_DEFAULT_MODEL = "qwen2_vl_2b_instruct"
 NOT_FINISHED = ("failed", "unfinished", "missing")
 
 
+class MixedProtocolsError(ValueError):
+    """A table would average accuracies scored under different protocols; the message names them and
+    runs of each."""
+
+
 @dataclass
 class Stat:
     """Accuracies of one table cell over seeds, plus the runs that did not finish."""
 
     values: list[float] = field(default_factory=list)
     not_finished: dict[str, int] = field(default_factory=dict)
+    # (run, eval task) behind each value, for the protocol check.
+    scored: list[tuple[RunResult, str]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -122,6 +134,7 @@ def stat(runs: list[RunResult], task: str) -> Stat:
     for run in runs:
         if run.status == "finished" and task in run.accuracy:
             s.values.append(float(run.accuracy[task]))
+            s.scored.append((run, task))
         elif run.status in NOT_FINISHED:
             s.not_finished[run.status] = s.not_finished.get(run.status, 0) + 1
     return s
@@ -146,6 +159,49 @@ def cross_pairs(runs: list[RunResult]) -> list[tuple[str, str]]:
     _, _, tasks = index_runs(runs)
     eval_tasks = ordered([t for r in runs for t in r.accuracy] + tasks)
     return [(t, e) for t in tasks for e in eval_tasks if e != t]
+
+
+def protocol_of(run: RunResult, task: str) -> str:
+    """The protocol `run`'s accuracy on `task` was scored under (legacy runs: normalized)."""
+    return run.protocol.get(task) or LEGACY_PROTOCOL
+
+
+def table_protocol(name: str, cells: list[tuple[str, Stat]]) -> str | None:
+    """The one protocol of every accuracy a table averages ((cell name, Stat) pairs); None when it has
+    no accuracy at all. Raises MixedProtocolsError, naming the protocols and a run of each (from the
+    cell that mixes them, if one does), when there is more than one."""
+    by_protocol: dict[str, list[tuple[str, RunResult, str]]] = {}
+    cell_protocols: dict[str, set[str]] = {}
+    for cell, s in cells:
+        for run, task in s.scored:
+            protocol = protocol_of(run, task)
+            by_protocol.setdefault(protocol, []).append((cell, run, task))
+            cell_protocols.setdefault(cell, set()).add(protocol)
+    if len(by_protocol) <= 1:
+        return next(iter(by_protocol), None)
+    mixed_cell = next((c for c, p in cell_protocols.items() if len(p) > 1), None)
+    where = f"cell {mixed_cell!r} would average" if mixed_cell else "its cells would compare"
+
+    def example(scored: list[tuple[str, RunResult, str]]) -> str:
+        _, run, task = next((x for x in scored if x[0] == mixed_cell), scored[0])
+        return f"run {run.run_name!r} on {task}"
+
+    each = "; ".join(f"{protocol}: {len(scored)} result(s), e.g. {example(scored)}"
+                     for protocol, scored in sorted(by_protocol.items()))
+    raise MixedProtocolsError(
+        f"{name}: {where} accuracies scored under different protocols ({', '.join(sorted(by_protocol))}), "
+        f"which do not give comparable numbers. {each}. Re-evaluate the runs under one protocol, or report "
+        f"them separately (one folder or --group each). Runs with no recorded protocol read as "
+        f"{LEGACY_PROTOCOL!r}.")
+
+
+def labelled(head: str, rest: str, protocol: str | None, with_paper: bool) -> str:
+    """`head (scoring: P): rest`, and where the table sits beside the paper's numbers under another
+    protocol, that the paper's use r1v."""
+    scoring = f"scoring: {protocol}" if protocol else "scoring: none, no finished run"
+    if with_paper and protocol and protocol != PAPER_PROTOCOL:
+        scoring += f"; the paper's numbers use {PAPER_PROTOCOL}"
+    return f"{head} ({scoring}): {rest}"
 
 
 def _paper_model(model: str) -> str:
@@ -176,14 +232,17 @@ def same_task_table(runs: list[RunResult], paper: bool = False) -> Table | None:
     first_trained = {m: next((k for k in rows[m] if k != BASE_ROW), None) for m in models}
     if ablation:
         columns += [f"{t} vs {first_trained[models[0]]}" for t in tasks]
-    table = Table(title=("Ablation: accuracy (%) on the trained task" if ablation else
-                         "Table 1: accuracy (%) on the trained task (same-task)"), columns=columns, rows=[])
+    head, rest = ("Ablation", "accuracy (%) on the trained task") if ablation else (
+        "Table 1", "accuracy (%) on the trained task (same-task)")
+    table = Table(title=head, columns=columns, rows=[])
+    cells: list[tuple[str, Stat]] = []
     for model in models:
         means: dict[int, dict[int, float]] = {}
         for key in rows[model]:
             line, i = [model, key], len(table.rows)
             for task in tasks:
                 s = stat(row_runs(runs, model, key, task), task)
+                cells.append((f"{model} {key} {task}", s))
                 means.setdefault(len(line), {})[i] = s.mean
                 line.append(s.text())
                 if paper:
@@ -199,10 +258,56 @@ def same_task_table(runs: list[RunResult], paper: bool = False) -> Table | None:
             table.rows.append(line)
         for column, column_means in means.items():
             _mark_best(table, column, column_means)
+    table.title = labelled(head, rest, table_protocol(head, cells), paper)
     table.notes.append("mean ± sample std over seeds, n = finished runs; best per model and column in bold")
     if paper:
         table.notes.append(f"paper: OThink-MR1 Table 1 for the same model, else {PAPER_DEFAULT_MODEL}; "
                            "Δ = ours − paper in points, only for the same model")
+    return table
+
+
+def paper_gain(model: str, task: str, baseline: str) -> str:
+    """The paper's GRPO-D vs `baseline` relative gain on `task`: the percentage its text states (its
+    Qwen2-VL-2B headline), else the one its Table 1 implies, marked "(derived)"; "—" for a model or task
+    the paper does not have."""
+    paper_task = PAPER_TASK.get(task)
+    if model not in TABLE1 or paper_task is None:
+        return "—"
+    stated = STATED_RELATIVE.get((f"grpo_d vs {baseline}", paper_task)) if model == STATED_MODEL else None
+    if stated is not None:
+        return f"{stated:+.2f}%"
+    published = TABLE1[model]
+    return format_relative(relative_change(published["grpo_d"][paper_task], published[baseline][paper_task])) + " (derived)"
+
+
+def relative_gains_table(runs: list[RunResult]) -> Table | None:
+    """The paper's headline, ours beside it: GRPO-D's relative gain over SFT and over GRPO on the trained
+    task, (x − y) / y on the means over seeds, per model and task, with the paper's value for the model."""
+    models, rows, tasks = index_runs(runs)
+    models = [m for m in models if "grpo_d" in rows[m]]
+    if not models or not tasks:
+        return None
+    columns = ["model", "task", "GRPO-D vs SFT", "paper", "GRPO-D vs GRPO", "paper", "n (GRPO-D, SFT, GRPO)"]
+    head, rest = "Same-task relative gains", "GRPO-D vs SFT and vs GRPO on the trained task"
+    table = Table(title=head, columns=columns, rows=[])
+    cells: list[tuple[str, Stat]] = []
+    for model in models:
+        for task in tasks:
+            means = {key: stat(row_runs(runs, model, key, task), task) for key in ("grpo_d", "sft", "grpo")}
+            if not any(s.values or s.not_finished for s in means.values()):
+                continue  # no run of this model trained on this task
+            cells += [(f"{model} {key} {task}", s) for key, s in means.items()]
+            line = [model, task]
+            for baseline in ("sft", "grpo"):
+                line += [format_relative(relative_change(means["grpo_d"].mean, means[baseline].mean)),
+                         paper_gain(model, task, baseline)]
+            line.append(", ".join(str(s.n) for s in means.values()))
+            table.rows.append(line)
+    table.title = labelled(head, rest, table_protocol(head, cells), True)
+    table.notes.append("ours: (x − y) / y on the mean accuracy over seeds (n finished runs each), as the paper "
+                       "defines it; n/a where a mean is missing")
+    table.notes.append("paper: the gains its text states for Qwen2-VL-2B; (derived) = computed from its Table 1, "
+                       "which is all it gives for this model; — = a model the paper does not have")
     return table
 
 
@@ -216,7 +321,8 @@ def cross_task_table(runs: list[RunResult], paper: bool = False) -> Table | None
     columns = ["model", "train → eval", "method", "accuracy", "vs base"] + (["vs SFT"] if has_sft else [])
     if paper:
         columns += ["paper", "paper vs base"]
-    table = Table(title="Cross-task: accuracy (%) on the task not trained on", columns=columns, rows=[])
+    table = Table(title="Cross-task", columns=columns, rows=[])
+    cells: list[tuple[str, Stat]] = []
     for model in models:
         for train_task, eval_task in pairs:
             base = stat(row_runs(runs, model, BASE_ROW), eval_task)
@@ -224,6 +330,7 @@ def cross_task_table(runs: list[RunResult], paper: bool = False) -> Table | None
             column_means: dict[int, float] = {}
             for key in rows[model]:
                 s = base if key == BASE_ROW else stat(row_runs(runs, model, key, train_task), eval_task)
+                cells.append((f"{model} {key} {train_task} → {eval_task}", s))
                 i = len(table.rows)
                 column_means[i] = s.mean
                 line = [model, f"{train_task} → {eval_task}", key, s.text(),
@@ -237,6 +344,8 @@ def cross_task_table(runs: list[RunResult], paper: bool = False) -> Table | None
                              "—" if value is None or key == BASE_ROW else format_relative(relative_change(value, base_value))]
                 table.rows.append(line)
             _mark_best(table, 3, column_means)
+    table.title = labelled("Cross-task", "accuracy (%) on the task not trained on",
+                           table_protocol("Cross-task", cells), paper)
     table.notes.append("relative change = (x − y) / y on the means, as the paper defines it; best per pair in bold")
     if paper:
         table.notes.append("paper: Qwen2-VL-2B values implied by the paper's stated relative changes (it prints no "
@@ -250,7 +359,7 @@ def runs_table(runs: list[RunResult]) -> Table:
     models, rows, _ = index_runs(runs)
     eval_tasks = ordered([t for r in runs for t in r.accuracy])
     table = Table(title="Runs", columns=["run", "cell", "task", "seed", "status", "train s", "total s", "device h",
-                                         *eval_tasks], rows=[])
+                                         *eval_tasks, "scoring"], rows=[])
     order = {(m, k): i for i, (m, k) in enumerate((m, k) for m in models for k in rows[m])}
     for run in sorted(runs, key=lambda r: (order[(r.model, row_key(r))], r.task or "", r.seed or 0, r.run_name)):
         line = [run.run_name, row_key(run), run.task or "—", "—" if run.seed is None or run.mode == "eval" else str(run.seed),
@@ -259,12 +368,18 @@ def runs_table(runs: list[RunResult]) -> Table:
                 "—" if run.seconds is None else f"{run.seconds:.1f}",
                 "—" if run.seconds is None or run.devices is None else f"{run.seconds * run.devices / 3600:.3f}"]
         line += [f"{100 * run.accuracy[t]:.2f}" if t in run.accuracy else "—" for t in eval_tasks]
+        protocols = {t: protocol_of(run, t) for t in run.accuracy}
+        line.append("—" if not protocols else next(iter(protocols.values())) if len(set(protocols.values())) == 1
+                    else ", ".join(f"{t}: {p}" for t, p in protocols.items()))
         table.rows.append(line)
+    table.notes.append(f"scoring: the protocol each run's accuracies were scored under ({PAPER_PROTOCOL} is the "
+                       f"paper's; runs that recorded none read as {LEGACY_PROTOCOL})")
     return table
 
 
 def build_tables(runs: list[RunResult], paper: bool = False) -> dict[str, Table]:
-    """name -> table, in print order; tables that do not apply (no trained runs, one task) are left out."""
-    tables = {"same_task": same_task_table(runs, paper), "cross_task": cross_task_table(runs, paper),
-              "runs": runs_table(runs)}
+    """name -> table, in print order; tables that do not apply (no trained runs, one task) are left out.
+    Raises MixedProtocolsError when a table would average accuracies scored under different protocols."""
+    tables = {"same_task": same_task_table(runs, paper), "relative_gains": relative_gains_table(runs),
+              "cross_task": cross_task_table(runs, paper), "runs": runs_table(runs)}
     return {name: t for name, t in tables.items() if t is not None}
