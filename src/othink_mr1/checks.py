@@ -137,12 +137,22 @@ def check_devices(trainer_cfg: Any) -> None:
                               "visible")
 
 
+def check_image_backend(model_cfg: Any) -> None:
+    """model.image_backend names a backend, and one that imports here (no silent fallback to PIL)."""
+    from .models.factory import image_backend_problem
+
+    problem = image_backend_problem(model_cfg.image_backend)
+    if problem:
+        raise ConfigError(problem)
+
+
 def check_config(cfg: DictConfig) -> dict[str, Any]:
     """All semantic checks; returns the eval task configs."""
     if cfg.mode not in ("train", "eval"):
         raise ConfigError(f"mode='{cfg.mode}': expected train or eval")
     if cfg.model.source not in MODEL_SOURCES:
         raise ConfigError(f"model.source='{cfg.model.source}': expected one of {list(MODEL_SOURCES)}")
+    check_image_backend(cfg.model)
     eval_tasks = eval_task_configs(cfg)
     if not eval_tasks:
         raise ConfigError("eval.tasks is empty: name at least one task to score")

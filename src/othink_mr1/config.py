@@ -131,6 +131,9 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     min_pixels: int = 3136
     max_pixels: int = 401408
+    # Which of transformers' image processors resizes and normalizes images: pil (R1-V's, the same on
+    # every machine) | torchvision (fails the run where torchvision does not import; never a fallback).
+    image_backend: str = "pil"
     trust_remote_code: bool = False
     # Caps every task's max_new_tokens for models with a short context (the tiny ones).
     max_new_tokens_cap: Optional[int] = None

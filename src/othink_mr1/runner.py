@@ -32,6 +32,8 @@ from .config import run_identity
 from .data.datamodule import VLMDataModule
 from .data.records import BadRows, row_label
 from .evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
+from .models.export import export_model
+from .models.factory import processor_info
 from .utils.errors import ConfigError
 from .utils.quiet import quiet_third_party
 from .utils.run_dir import (
@@ -243,18 +245,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
     return pl.Trainer(**kwargs)
 
 
-def export_model(model: Any, processor: Any, folder: Path) -> None:
-    """A plain transformers folder that `ckpt=FOLDER` (and from_pretrained) loads; a LoRA model is
-    exported merged, with its adapters alone beside it under adapter/."""
-    from .models.adapters import has_adapters
-
-    if has_adapters(model):
-        model.save_pretrained(folder / "adapter")
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-
-
 def load_weights(cfg: DictConfig) -> tuple[Any, Any]:
     """The model to train or score: `model.*`, or in eval mode a `ckpt=` (.ckpt file or saved folder)."""
     from .models.factory import load_checkpoint_weights, load_local, load_model
@@ -262,7 +252,7 @@ def load_weights(cfg: DictConfig) -> tuple[Any, Any]:
     m = cfg.model
     if cfg.ckpt and Path(cfg.ckpt).is_dir():
         model, processor = load_local(cfg.ckpt, dtype=m.dtype, attn_implementation=m.attn_implementation,
-                                      min_pixels=m.min_pixels, max_pixels=m.max_pixels)
+                                      min_pixels=m.min_pixels, max_pixels=m.max_pixels, image_backend=m.image_backend)
     else:
         model, processor = load_model(m, cfg.paths.cache_dir)
         if cfg.ckpt:
@@ -409,6 +399,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
                      "bad_rows_file": BAD_ROWS_FILE if dm.bad_rows.rows else None},
             "seconds": round(time.time() - started, 1),
             "hardware": hardware(trainer),
+            "processing": processor_info(processor),
         }
         if trainer.is_global_zero:
             # Written last: its presence marks the run finished (and protects it from reruns).

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,16 +15,39 @@ from omegaconf import OmegaConf
 
 from ..data.synthetic import GENERATOR_VERSION
 
-log = logging.getLogger(__name__)
-
-# Bump when the tiny model or its tokenizer changes, so caches are rebuilt rather than reused.
-TINY_VERSION = 1
+# Bump when the tiny model, its tokenizer or its saved layout changes, so caches are rebuilt rather
+# than reused. 2: processor files in the hub's layout (processor_config.json names Qwen2VLProcessor).
+TINY_VERSION = 2
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelError(ValueError):
     """A model config or checkpoint that cannot be loaded; the message names the key or path."""
+
+
+# model.image_backend: which of transformers' two image processors resizes and normalizes images.
+IMAGE_BACKENDS = ("pil", "torchvision")
+
+
+@functools.lru_cache(maxsize=None)
+def torchvision_import_error() -> str | None:
+    """Why torchvision does not import here (None when it does)."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # a CUDA build on a CPU machine fails with OSError or RuntimeError, not ImportError
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def image_backend_problem(backend: str) -> str | None:
+    """What is wrong with `model.image_backend=backend` on this machine (None when nothing)."""
+    if backend not in IMAGE_BACKENDS:
+        return f"model.image_backend='{backend}': expected one of {list(IMAGE_BACKENDS)}"
+    if backend == "torchvision" and torchvision_import_error():
+        return (f"model.image_backend=torchvision but torchvision does not import here ({torchvision_import_error()}); "
+                "install it, or use model.image_backend=pil (the default: the same preprocessing on every machine)")
+    return None
 
 
 def config_digest(*parts: Any) -> str:
@@ -83,32 +106,57 @@ def tiny_base_folder(model_cfg: Any, cache_dir: str | Path) -> Path:
 
 
 def load_local(folder: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa",
-               min_pixels: int | None = None, max_pixels: int | None = None) -> tuple[Any, Any]:
-    """A saved model folder (tiny, tiny_base, or an exported run) with its processor."""
+               min_pixels: int | None = None, max_pixels: int | None = None, image_backend: str = "pil") -> tuple[Any, Any]:
+    """A saved model folder (tiny, tiny_base, an exported run or a hub id) with its processor."""
     from transformers import AutoModelForImageTextToText
 
+    processor = load_processor(str(folder), image_backend, min_pixels, max_pixels)
     model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=DTYPES[dtype],
                                                         attn_implementation=attn_implementation)
-    processor = load_processor(str(folder), min_pixels, max_pixels)
     return model, processor
 
 
-def load_processor(path: str, min_pixels: int | None, max_pixels: int | None) -> Any:
-    """AutoProcessor, or the image-only Qwen2-VL processor where the video processor cannot be
-    built (it needs torchvision, which CPU installs lack) or the folder holds our tiny processor."""
-    from transformers import AutoProcessor
+def image_processor_class(base_name: str, backend: str) -> type:
+    """transformers' `backend` image processor of the family `base_name` (e.g. Qwen2VLImageProcessor)."""
+    import transformers
+    from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 
-    from .tiny import ImageOnlyQwen2VLProcessor
+    problem = image_backend_problem(backend)
+    if problem:
+        raise ModelError(problem)
+    name = base_name + ("Pil" if backend == "pil" else "")
+    cls = getattr(transformers, name, None)
+    # Without torchvision, transformers hands out the PIL class under the torchvision name: refuse it.
+    if not isinstance(cls, type) or not issubclass(cls, PilBackend if backend == "pil" else TorchvisionBackend):
+        raise ModelError(f"model.image_backend={backend}: transformers has no {backend} image processor '{name}'")
+    return cls
 
-    config_file = Path(path) / "processor_config.json"
-    if config_file.exists() and "ImageOnlyQwen2VLProcessor" in config_file.read_text():
-        processor = ImageOnlyQwen2VLProcessor.from_pretrained(path)
-    else:
-        try:
-            processor = AutoProcessor.from_pretrained(path)
-        except (ImportError, ValueError, TypeError) as exc:
-            log.warning("AutoProcessor failed for %s (%s); using the image-only Qwen2-VL processor", path, exc)
-            processor = ImageOnlyQwen2VLProcessor.from_pretrained(path)
+
+def load_processor(path: str, image_backend: str = "pil", min_pixels: int | None = None,
+                   max_pixels: int | None = None) -> Any:
+    """The folder's processor, built from its parts: its tokenizer, its chat template and its image
+    settings read into the `image_backend` image processor, in the model's image-only processor class.
+    Nothing here depends on whether torchvision is installed unless `image_backend` is torchvision."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    from .processing import PROCESSORS
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type not in PROCESSORS:
+        raise ModelError(f"model '{path}': model_type '{model_type}' has no processor here; supported: {sorted(PROCESSORS)}")
+    processor_cls = PROCESSORS[model_type]
+    settings, _ = ImageProcessingMixin.get_image_processor_dict(path)
+    family = settings.get("image_processor_type") or ""
+    for suffix in ("Fast", "Pil"):
+        family = family.removesuffix(suffix)
+    if not family:
+        raise ModelError(f"model '{path}': its image processor config names no image_processor_type")
+    image_processor = image_processor_class(family, image_backend).from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    processor_dict, _ = processor_cls.get_processor_dict(path)
+    chat_template = processor_dict.get("chat_template") or tokenizer.chat_template
+    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
     # The image budget belongs to the model config (R1-V: max_pixels 401408), not to the folder.
     size = dict(processor.image_processor.size)
     if min_pixels is not None:
@@ -119,12 +167,23 @@ def load_processor(path: str, min_pixels: int | None, max_pixels: int | None) ->
     return processor
 
 
+def processor_info(processor: Any) -> dict[str, str]:
+    """What preprocesses images in this run, for results.json."""
+    from transformers.image_processing_backends import PilBackend, TorchvisionBackend
+
+    image_processor = processor.image_processor
+    backend = ("pil" if isinstance(image_processor, PilBackend) else
+               "torchvision" if isinstance(image_processor, TorchvisionBackend) else "unknown")
+    return {"image_backend": backend, "image_processor": type(image_processor).__name__,
+            "processor": type(processor).__name__}
+
+
 def load_model(model_cfg: Any, cache_dir: str | Path) -> tuple[Any, Any]:
     """(model, processor) for `model_cfg`; tiny models come from (and are built into) the cache."""
     if model_cfg.dtype not in DTYPES:
         raise ModelError(f"model.dtype='{model_cfg.dtype}': expected one of {list(DTYPES)}")
     kwargs = dict(dtype=model_cfg.dtype, attn_implementation=model_cfg.attn_implementation,
-                  min_pixels=model_cfg.min_pixels, max_pixels=model_cfg.max_pixels)
+                  min_pixels=model_cfg.min_pixels, max_pixels=model_cfg.max_pixels, image_backend=model_cfg.image_backend)
     if model_cfg.source == "tiny":
         return load_local(tiny_folder(model_cfg, cache_dir), **kwargs)
     if model_cfg.source == "tiny_base":

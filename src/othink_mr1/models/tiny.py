@@ -15,9 +15,9 @@ from typing import Any, Iterator
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
 
 from ..data.synthetic import counting, generate_records, geometry
+from .processing import ImageOnlyQwen2VLProcessor
 
 # Qwen2's special tokens, in Qwen2's order (ids 0..13 here, 151643.. in the real vocabulary).
 SPECIAL_TOKENS = (
@@ -52,15 +52,6 @@ R1V_SUFFIXES = (
     " Output the thinking process in <think> </think> and final answer (number) in <answer> </answer> tags.",
 )
 CORPUS_ITEMS_PER_TASK = 2000
-
-
-class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-    """Qwen2VLProcessor without a video processor (which needs torchvision, absent on CPU installs)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        kwargs.pop("video_processor", None)
-        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                         chat_template=chat_template, **kwargs)
 
 
 def tokenizer_corpus() -> Iterator[str]:
