@@ -168,13 +168,16 @@ def test_runs_without_a_protocol_key_read_as_normalized(tmp_path):
     runs = load_run_dirs(write_grid(tmp_path / "grid", protocol=LEGACY))
     assert {p for r in runs for p in r.protocol.values()} == {"normalized"}
     assert same_task_table(runs).title.startswith("Table 1 (scoring: normalized): ")
-    # So do wandb runs that logged no eval/<task>/protocol; one that did keeps it.
+    # So do wandb runs that logged no eval/<task>/protocol and no eval.protocol in their config.
     ident = {"run_name": "r", "mode": "train", "model": B2, "task": "counting", "method": "sft", "seed": 1,
              "eval_tasks": ["counting", "geometry"]}
     legacy = run_from_wandb(ident, {"status": "finished", "eval/counting/acc": 0.5, "eval/geometry/acc": 0.2}, 0)
     assert legacy.protocol == {"counting": "normalized", "geometry": "normalized"}
     new = run_from_wandb(ident, {"status": "finished", "eval/counting/acc": 0.5, "eval/counting/protocol": "r1v"}, 0)
     assert new.protocol == {"counting": "r1v"}
+    from_config = run_from_wandb({**ident, "config": {"eval": {"protocol": "r1v"}}},
+                                 {"status": "finished", "eval/counting/acc": 0.5, "eval/geometry/acc": 0.2}, 0)
+    assert from_config.protocol == {"counting": "r1v", "geometry": "r1v"}
 
 
 def test_one_cell_mixing_protocols_is_refused_naming_both_and_a_run_of_each(tmp_path):
@@ -218,3 +221,17 @@ def test_the_cli_refuses_mixed_protocols_with_status_2(tmp_path, capsys):
     assert err.startswith("error: Table 1: cell ") and "(normalized, r1v)" in err
     assert f"'geometry_sft_{B2}_seed2'" in err
     assert not out.exists()  # nothing written from a refused report
+
+
+def test_the_report_cli_never_imports_torch(tmp_path):
+    """A lightweight tool: reading run directories and writing every table loads no torch."""
+    import subprocess
+    import sys
+
+    grid = write_grid(tmp_path / "grid")
+    code = ("import sys; from othink_mr1.report.__main__ import main; "
+            f"rc = main([{str(grid)!r}, '--paper', '--no-figures', '--out', {str(tmp_path / 'out')!r}]); "
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch'); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("no torch")
