@@ -146,6 +146,27 @@ def test_wandb_api_source_reads_config_summary_and_state():
         load_wandb_api("just-a-project", api_factory=FakeApi)
 
 
+def _wait_for_exit_record(folder, timeout: float = 30.0) -> None:
+    """wandb (0.31) offline: finish() can return before its writer flushes the .wandb file; on a loaded
+    machine it was seen holding only its 7-byte header just after, and all 21 records 2 s later."""
+    import time
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    def has_exit() -> bool:
+        for path in folder.rglob("run-*.wandb"):
+            for raw in iter_record_bytes(path):
+                record = pb.Record()
+                record.ParseFromString(raw)
+                if record.WhichOneof("record_type") == "exit":
+                    return True
+        return False
+
+    deadline = time.monotonic() + timeout
+    while not has_exit() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def test_wandb_offline_reader_round_trips_a_real_offline_run(tmp_path):
     import wandb
 
@@ -155,6 +176,7 @@ def test_wandb_offline_reader_round_trips_a_real_offline_run(tmp_path):
         run.log({"train/reward": step / 2, "trainer/global_step": step})
     run.summary.update({"eval/counting/acc": 0.25, "status": "finished"})
     run.finish()
+    _wait_for_exit_record(tmp_path)
     (read,) = read_offline_runs(tmp_path)
     assert (read.group, read.job_type, read.tags) == ("g", "grpo_d", ["task:counting"])
     assert read.config == {"run_name": "r", "mode": "train", "nested": {"a": 1}}
