@@ -1,5 +1,6 @@
-"""The paper's tables from RunResults: Table 1 (same task), the cross-task table, ablation tables and a
-per-run listing; rendered as Markdown, CSV and LaTeX.
+"""The paper's tables from RunResults: Table 1 (same task), its headline (GRPO-D's relative gains over
+SFT and GRPO beside the paper's), the cross-task table, ablation tables and a per-run listing; rendered
+as Markdown, CSV and LaTeX.
 
 Accuracy is shown in percent, mean +- sample std over seeds with n. Cells that failed, never finished
 or never started are shown as such (with how many), never dropped. Relative change is the paper's
