@@ -268,3 +268,29 @@ def test_bf16_mixed_precision_trains_fp32_master_weights(make_cfg):
     # The weights themselves stay fp32 (autocast computes in bf16): what was saved says so.
     with safe_open(str(Path(cfg.paths.run_dir) / "model" / "model.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+
+
+@pytest.mark.parametrize("every, steps, saved_steps", [("1", 2, [1, 2]), ("2", 3, [2, 3]), ("null", 2, [2])],
+                         ids=["last-step-on-interval", "last-step-off-interval", "no-interval"])
+def test_the_final_checkpoint_is_written_once(make_cfg, monkeypatch, every, steps, saved_steps):
+    import torch
+
+    from othink_mr1.utils.checkpoints import AtomicCheckpointIO
+
+    writes: list[tuple[str, int]] = []
+    real_save = AtomicCheckpointIO.save_checkpoint
+
+    def counted(self, checkpoint, path, storage_options=None):
+        writes.append((Path(path).name, checkpoint["global_step"]))
+        return real_save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", counted)
+    cfg = make_cfg(*TINY, "eval.row_zero=false", f"method.max_steps={steps}",
+                   f"trainer.checkpoint_every_n_steps={every}")
+    results = run(cfg)
+    assert results["train"]["steps"] == steps
+    # Each interval step once, and the final state once (also when it is itself an interval step).
+    assert writes == [("last.ckpt", s) for s in saved_steps]
+    saved = torch.load(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert saved["global_step"] == steps
+    assert sorted(p.name for p in (Path(cfg.paths.run_dir) / "checkpoints").iterdir()) == ["last.ckpt"]

@@ -206,8 +206,7 @@ def log_failed_run(cfg: DictConfig, run_dir: Path, error: str) -> None:
 
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Budget | None,
                   model: Any = None) -> pl.Trainer:
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
+    from .utils.checkpoints import LastCheckpoint
     from .utils.distributed import DistributedChecks, build_strategy
 
     t = cfg.trainer
@@ -230,8 +229,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
     every = cfg.eval.every_n_steps
     micro_per_step = m.accumulate_grad_batches / (m.num_iterations if m.name == "grpo" else 1)
     # The loader spans the whole run (one "epoch"); max_steps is the limit that binds.
-    callbacks: list[Any] = [ModelCheckpoint(dirpath=str(run_dir / CHECKPOINT.parent), save_last=True, save_top_k=0,
-                                            every_n_train_steps=t.checkpoint_every_n_steps or None)]
+    # last.ckpt every checkpoint_every_n_steps, and the final state once (whatever the interval).
+    callbacks: list[Any] = [LastCheckpoint(run_dir / CHECKPOINT.parent, every_n_train_steps=t.checkpoint_every_n_steps)]
     if t.check_distributed:
         callbacks.append(DistributedChecks(run_dir / "distributed_checks.jsonl"))
     kwargs.update(
@@ -380,8 +379,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
             val = dm.val_dataloader() if cfg.eval.every_n_steps else None
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val,
                         ckpt_path=str(resume_from) if resume_from else None)
-            train_seconds = round(time.time() - t0, 1)
-            trainer.save_checkpoint(run_dir / CHECKPOINT)  # the final state, whatever the save interval
+            train_seconds = round(time.time() - t0, 1)  # the final state is in last.ckpt (LastCheckpoint)
         after = evaluate(trainer, module, dm, "final" if train else "eval")
 
         if train and cfg.save_model and trainer.is_global_zero:
