@@ -22,10 +22,13 @@ ITEM_KEYS = {
     "format_ok",
     "parsed",
     "completion_tokens",
+    "protocol",
 }
 
-# Four GeoQA items in R1-V's eval-log shape. Re-scored: items 1, 2 and 4 correct, item 3 has no
-# parsable answer. The saved flags claim items 1 and 3 correct: items 2, 3 and 4 disagree.
+# Four GeoQA items in R1-V's eval-log shape. Re-scored under `normalized`: items 1, 2 and 4 correct,
+# item 3 has no parsable answer; the saved flags claim items 1 and 3 correct: items 2, 3 and 4 disagree.
+# Under `r1v` (math-verify over the whole output) only item 4 is correct: item 1's parse picks the 60
+# of the reasoning, items 2 and 3 parse to nothing; so 2 verdicts differ between the protocols.
 GEOQA_LOG = {
     "accuracy": 50.0,
     "results": [
@@ -106,10 +109,13 @@ def _read_jsonl(path: Path) -> list[dict]:
 def test_geoqa_r1v_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log = _write_log(tmp_path)
     out = tmp_path / "sub" / "items.jsonl"
-    assert main(["--task", "geoqa", str(log), "--out", str(out)]) == 0
+    assert main(["--task", "geoqa", "--scorer", "normalized", str(log), "--out", str(out)]) == 0
     report = capsys.readouterr().out.splitlines()
 
     assert "task: geoqa (scorer: geometry)" in report
+    assert "protocol: normalized" in report
+    assert not any(line.startswith("saved protocol") for line in report)  # R1-V's log names none
+    assert "verdicts that differ between normalized and r1v: 2 of 4" in report
     assert "items: 4" in report
     assert "correct: 3" in report
     assert "accuracy: 75.00%" in report
@@ -121,6 +127,7 @@ def test_geoqa_r1v_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     items = _read_jsonl(out)
     assert len(items) == 4
     assert all(set(item) == ITEM_KEYS for item in items)
+    assert all(item["protocol"] == "normalized" for item in items)
     assert [item["correct"] for item in items] == [True, True, False, True]
     assert [item["format_ok"] for item in items] == [True, True, True, False]
     assert [item["parsed"] for item in items] == [True, True, False, True]
@@ -132,6 +139,68 @@ def test_geoqa_r1v_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert items[3]["extracted"] == "12"
     assert items[1]["model_output"] == GEOQA_LOG["results"][1]["model_output"]
     assert all(item["completion_tokens"] is None for item in items)
+
+
+def test_geoqa_log_under_the_default_r1v_protocol(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = _write_log(tmp_path)
+    out = tmp_path / "items.jsonl"
+    assert main(["--task", "geoqa", str(log), "--out", str(out)]) == 0
+    report = capsys.readouterr().out.splitlines()
+    assert "protocol: r1v" in report
+    assert "correct: 1" in report
+    assert "parse failures: 2 (50.00%)" in report
+    assert "verdicts that differ between r1v and normalized: 2 of 4" in report
+    assert "disagreements with saved per-item correctness: 3 of 4" in report
+    items = _read_jsonl(out)
+    assert [item["correct"] for item in items] == [False, False, False, True]
+    assert [item["extracted"] for item in items] == ["60", None, None, "12"]
+    assert all(item["protocol"] == "r1v" for item in items)
+
+
+def test_rescoring_completions_under_another_protocol_leaves_the_input_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run's completions.jsonl (scored under normalized) re-scored under r1v: the saved protocol is
+    # printed, the input is untouched, and nothing is written without --out (never onto the input).
+    first = tmp_path / "normalized.jsonl"
+    assert main(["--task", "geoqa", "--scorer", "normalized", str(_write_log(tmp_path)), "--out", str(first)]) == 0
+    capsys.readouterr()
+    completions = tmp_path / "completions.jsonl"
+    first.rename(completions)
+    before = completions.read_bytes()
+    listing = sorted(tmp_path.iterdir())
+
+    assert main(["--task", "geoqa", "--scorer", "r1v", str(completions)]) == 0
+    report = capsys.readouterr().out.splitlines()
+    assert "protocol: r1v" in report
+    assert "saved protocol: normalized" in report
+    assert "verdicts that differ between r1v and normalized: 2 of 4" in report
+    assert "disagreements with saved per-item correctness: 2 of 4" in report  # its own "correct" flags
+    assert not any(line.startswith("wrote:") for line in report)
+    assert completions.read_bytes() == before and sorted(tmp_path.iterdir()) == listing
+
+    message = _run_error(["--task", "geoqa", "--scorer", "r1v", str(completions), "--out", str(completions)], capsys)
+    assert "already exists" in message
+    assert completions.read_bytes() == before
+
+
+def test_saved_protocol_of_some_records(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write_jsonl(tmp_path, [{**COUNTING_LINES[0], "protocol": "r1v"}, COUNTING_LINES[1]])
+    assert main(["--task", "counting", str(path)]) == 0
+    report = capsys.readouterr().out.splitlines()
+    assert "saved protocol: r1v (1 of 2 records)" in report
+    assert "verdicts that differ between r1v and normalized: 0 of 2" in report  # counting: one rule
+
+
+def test_unknown_scorer_is_a_usage_error_listing_the_protocols(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write_jsonl(tmp_path, COUNTING_LINES)
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--task", "counting", "--scorer", "exact", str(path)])
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err
+    assert "--scorer" in err and "'exact'" in err and "r1v" in err and "normalized" in err
 
 
 def test_counting_jsonl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,8 +244,9 @@ def test_subprocess_entry_point(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "accuracy: 75.00%" in proc.stdout
-    assert "correct: 3" in proc.stdout
+    assert "accuracy: 25.00%" in proc.stdout  # r1v, the default protocol
+    assert "correct: 1" in proc.stdout
+    assert "verdicts that differ between r1v and normalized: 2 of 4" in proc.stdout
     assert len(_read_jsonl(out)) == 4
 
 
@@ -220,6 +290,7 @@ def test_summarize_and_item_json() -> None:
     ]
     summary = summarize(items)
     assert summary == {
+        "protocol": "r1v",
         "n": 3,
         "correct": 1,
         "accuracy": pytest.approx(1 / 3),
@@ -237,7 +308,11 @@ def test_summarize_and_item_json() -> None:
         "format_ok": True,
         "parsed": True,
         "completion_tokens": 4,
+        "protocol": "r1v",
     }
+    assert summarize([score_item(get_scorer("counting", "normalized"), "x", 3)])["protocol"] == "normalized"
+    with pytest.raises(ValueError, match="different protocols"):
+        summarize([items[0], score_item(get_scorer("counting", "normalized"), "x", 3)])
     assert summarize(items[1:2])["mean_completion_tokens"] is None
     with pytest.raises(ValueError):
         summarize([])
@@ -340,3 +415,7 @@ def test_error_out_file_exists_and_is_left_alone(tmp_path: Path, capsys: pytest.
     message = _run_error(["--task", "geoqa", str(log), "--out", str(log)], capsys)
     assert str(log) in message and "already exists" in message
     assert log.read_bytes() == before
+    for protocol in ("r1v", "normalized"):
+        message = _run_error(["--task", "geoqa", "--scorer", protocol, str(log), "--out", str(log)], capsys)
+        assert "already exists" in message
+        assert log.read_bytes() == before

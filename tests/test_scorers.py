@@ -1,4 +1,6 @@
-"""Behaviour of the rule-based scorers (R1-V counting rule, math-verify GeoQA equivalence)."""
+"""Behaviour of the rule-based scorers (R1-V counting rule, math-verify GeoQA equivalence) under both
+scoring protocols. The geometry cases here are the `normalized` protocol's; `r1v` (R1-V's whole-output
+call) is checked against math-verify directly in tests/test_protocols.py."""
 
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ from pathlib import Path
 import pytest
 
 from othink_mr1.rewards.scorers import (
+    DEFAULT_PROTOCOL,
     FORMAT_PATTERN,
+    PROTOCOLS,
     SCORER_FOR_TASK,
     SCORERS,
     CountingScorer,
-    GeometryScorer,
+    NormalizedGeometryScorer,
+    R1VGeometryScorer,
     Score,
     answer_span,
     format_ok,
@@ -36,8 +41,8 @@ def _completion(answer: object) -> str:
 
 
 @pytest.fixture(scope="module")
-def geometry() -> GeometryScorer:
-    return GeometryScorer()
+def geometry() -> NormalizedGeometryScorer:
+    return NormalizedGeometryScorer()
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +186,7 @@ def test_counting_rejects_non_integer_ground_truth(counting: CountingScorer, bad
         ("答案：4√3", "4√{3}"),
     ],
 )
-def test_geometry_equivalent_notations(geometry: GeometryScorer, answer: str, ground_truth: str) -> None:
+def test_geometry_equivalent_notations(geometry: NormalizedGeometryScorer, answer: str, ground_truth: str) -> None:
     result = geometry.score(f"<think>Work it out.</think><answer>{answer}</answer>", ground_truth)
     assert result.correct, (answer, ground_truth, result)
     assert result.parsed
@@ -205,13 +210,13 @@ def test_geometry_equivalent_notations(geometry: GeometryScorer, answer: str, gr
         ("AB = 4\\sqrt{2}", "4√{3}"),
     ],
 )
-def test_geometry_wrong_answers(geometry: GeometryScorer, answer: str, ground_truth: str) -> None:
+def test_geometry_wrong_answers(geometry: NormalizedGeometryScorer, answer: str, ground_truth: str) -> None:
     result = geometry.score(f"<think>Work it out.</think><answer>{answer}</answer>", ground_truth)
     assert not result.correct, (answer, ground_truth, result)
     assert result.parsed
 
 
-def test_geometry_judged_by_answer_span_not_thinking(geometry: GeometryScorer) -> None:
+def test_geometry_judged_by_answer_span_not_thinking(geometry: NormalizedGeometryScorer) -> None:
     completion = "<think> angle A = 80, angle B = 60, so angle C = 40 </think><answer> 40° </answer>"
     assert geometry.score(completion, "40°").correct
     for distractor in ("80°", "60°"):
@@ -221,20 +226,20 @@ def test_geometry_judged_by_answer_span_not_thinking(geometry: GeometryScorer) -
     assert not geometry.score(wrong, "140°").correct
 
 
-def test_geometry_string_fallback(geometry: GeometryScorer) -> None:
+def test_geometry_string_fallback(geometry: NormalizedGeometryScorer) -> None:
     # R1-V credits an answer span equal to the ground truth as a string, whitespace aside.
     result = geometry.score("<think>.</think><answer>  4 √{3} cm </answer>", "4√{3}cm")
     assert result == Score(True, "4 √{3} cm", True)
 
 
-def test_geometry_without_tags_uses_whole_output(geometry: GeometryScorer) -> None:
+def test_geometry_without_tags_uses_whole_output(geometry: NormalizedGeometryScorer) -> None:
     result = geometry.score("The side length is $4\\sqrt{3}$.", "4√{3}")
     assert result.correct and result.parsed
     assert result.extracted is not None and "sqrt" in result.extracted
     assert not geometry.score("The side length is $4\\sqrt{2}$.", "4√{3}").correct
 
 
-def test_geometry_parse_failures(geometry: GeometryScorer) -> None:
+def test_geometry_parse_failures(geometry: NormalizedGeometryScorer) -> None:
     assert geometry.score("<think>hmm</think><answer></answer>", "40°") == Score(False, None, False)
     assert geometry.score("I do not know.", "40°") == Score(False, None, False)
     assert geometry.score("", "40°") == Score(False, None, False)
@@ -257,13 +262,13 @@ def test_geometry_parse_failures(geometry: GeometryScorer) -> None:
         "$" * 100,
     ],
 )
-def test_geometry_never_raises(geometry: GeometryScorer, garbage: str) -> None:
+def test_geometry_never_raises(geometry: NormalizedGeometryScorer, garbage: str) -> None:
     result = geometry.score(garbage, "40°")
     assert isinstance(result, Score)
     assert not result.correct
 
 
-def test_geometry_works_outside_main_thread(geometry: GeometryScorer) -> None:
+def test_geometry_works_outside_main_thread(geometry: NormalizedGeometryScorer) -> None:
     # math-verify's SIGALRM timeouts raise outside the main thread; the scorer must disable them.
     results: list[Score] = []
     worker = threading.Thread(
@@ -312,7 +317,7 @@ def test_oracle_sanity() -> None:
     assert _oracle_value("\\frac{2√{5}}{5}") == pytest.approx(2 * math.sqrt(5) / 5)
 
 
-def test_every_geoqa_ground_truth(geometry: GeometryScorer) -> None:
+def test_every_geoqa_ground_truth(geometry: NormalizedGeometryScorer) -> None:
     truths = _ground_truths("geoqa_test_754.jsonl")
     assert len(truths) == 754
     values = [_oracle_value(gt) for gt in truths]
@@ -360,17 +365,38 @@ def test_every_counting_ground_truth(counting: CountingScorer) -> None:
 
 
 def test_registry() -> None:
-    assert SCORERS == {"counting": CountingScorer, "geometry": GeometryScorer}
+    assert PROTOCOLS == ("r1v", "normalized") and DEFAULT_PROTOCOL == "r1v"
+    assert set(SCORERS) == {"counting", "geometry"}
+    assert all(set(by_protocol) == set(PROTOCOLS) for by_protocol in SCORERS.values())
     assert SCORER_FOR_TASK == {
         "counting": "counting",
         "clevr_count": "counting",
         "geometry": "geometry",
         "geoqa": "geometry",
     }
-    for name, scorer_name in SCORER_FOR_TASK.items():
-        assert get_scorer(name).name == scorer_name
-    assert isinstance(get_scorer("geoqa"), GeometryScorer)
-    assert isinstance(get_scorer("clevr_count"), CountingScorer)
+    for protocol in PROTOCOLS:
+        for name, scorer_name in SCORER_FOR_TASK.items():
+            scorer = get_scorer(name, protocol)
+            assert (scorer.name, scorer.protocol) == (scorer_name, protocol)
+    assert isinstance(get_scorer("geoqa"), R1VGeometryScorer)  # the default protocol: R1-V's
+    assert isinstance(get_scorer("geoqa", "r1v"), R1VGeometryScorer)
+    assert isinstance(get_scorer("geoqa", "normalized"), NormalizedGeometryScorer)
+    assert isinstance(get_scorer("clevr_count", "normalized"), CountingScorer)
+
+
+def test_counting_is_the_same_rule_under_both_protocols() -> None:
+    outputs = ["<think>7</think><answer> 7 </answer>", "<answer>6</answer>", "7", "<answer>007</answer>", ""]
+    for output in outputs:
+        assert get_scorer("counting", "r1v").score(output, 7) == get_scorer("counting", "normalized").score(output, 7)
+
+
+def test_get_scorer_unknown_protocol_lists_valid_protocols() -> None:
+    with pytest.raises(ValueError) as excinfo:
+        get_scorer("geoqa", "exact")
+    message = str(excinfo.value)
+    assert "'exact'" in message and "r1v" in message and "normalized" in message
+    with pytest.raises(ValueError, match="r1v, normalized"):
+        CountingScorer("exact")
 
 
 def test_get_scorer_unknown_lists_valid_names() -> None:

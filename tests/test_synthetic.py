@@ -15,7 +15,7 @@ from othink_mr1.data import synthetic
 from othink_mr1.data.synthetic import counting, geometry, generate_records, synthetic_split
 from othink_mr1.data.synthetic.counting import CELL, MAX_OBJECTS, MIN_OBJECTS, TEST_STYLE, TRAIN_STYLE
 from othink_mr1.data.synthetic.geometry import FAMILIES, _length, _sqrt_form, make_problem, split_combinations
-from othink_mr1.rewards.scorers import GeometryScorer
+from othink_mr1.rewards.scorers import NormalizedGeometryScorer
 
 IMAGE_SIZE = 112
 N_COUNTING = 40  # items per split whose objects are counted in the pixels
@@ -300,7 +300,7 @@ def test_every_combination_of_every_family_has_the_right_answer():
 
 
 def test_generated_geometry_items_are_right_and_stay_in_their_split():
-    scorer = GeometryScorer()
+    scorer = NormalizedGeometryScorer()
     families = {f.name: f for f in FAMILIES}
     notations = set()
     checked = 0
@@ -323,7 +323,7 @@ def test_generated_geometry_items_are_right_and_stay_in_their_split():
 
 
 def test_geometry_scorer_rejects_a_wrong_answer_for_generated_items():
-    scorer = GeometryScorer()
+    scorer = NormalizedGeometryScorer()
     for index in range(20):
         truth = geometry.make_item("test", index, 0, IMAGE_SIZE, render=False)["ground_truth"]
         # A different number with the same notation is wrong (so the check above is not vacuous).

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..rewards.scorers import get_scorer
+from ..rewards.scorers import DEFAULT_PROTOCOL, check_protocol, get_scorer
 from .metrics import ItemResult, score_item, summarize
 
 
@@ -26,6 +26,11 @@ class EvalSpec:
 
     scorers: dict[str, str]  # task name -> scorer name
     max_new_tokens: dict[str, int]  # task name -> generation budget
+    # Scoring protocol of every task (rewards.scorers.PROTOCOLS; eval.protocol in a run's config).
+    protocol: str = DEFAULT_PROTOCOL
+
+    def __post_init__(self) -> None:
+        check_protocol(self.protocol)
 
 
 # Placeholders the processor expands into visual features: a completion containing one would no longer
@@ -67,7 +72,7 @@ class EvalAccumulator:
     items: dict[str, dict[int, ItemResult]] = field(default_factory=dict)
 
     def add(self, task: str, meta: dict[str, list], outputs: list[str], lengths: list[int]) -> None:
-        scorer = get_scorer(self.spec.scorers[task])
+        scorer = get_scorer(self.spec.scorers[task], self.spec.protocol)
         bucket = self.items.setdefault(task, {})
         for question, answer, index, text, n in zip(meta["questions"], meta["answers"], meta["indices"], outputs, lengths):
             # Keyed by item index, so gathering the ranks' shards can check that none overlap.

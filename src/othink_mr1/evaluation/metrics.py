@@ -27,6 +27,8 @@ class ItemResult:
     format_ok: bool
     parsed: bool
     completion_tokens: int | None = None
+    # The scoring protocol that gave `correct`/`parsed`/`extracted` ("r1v" or "normalized").
+    protocol: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict whose keys are exactly the field names.
@@ -49,7 +51,7 @@ def score_item(
     question: str | None = None,
     completion_tokens: int | None = None,
 ) -> ItemResult:
-    """Score one completion with ``scorer`` and record its format compliance alongside."""
+    """Score one completion with ``scorer`` and record its format compliance and protocol alongside."""
     result = scorer.score(model_output, ground_truth)
     return ItemResult(
         question=question,
@@ -60,21 +62,27 @@ def score_item(
         format_ok=format_ok(model_output),
         parsed=result.parsed,
         completion_tokens=completion_tokens,
+        protocol=scorer.protocol,
     )
 
 
 def summarize(items: list[ItemResult]) -> dict[str, Any]:
     """Aggregate metrics over scored items; rates are fractions in [0, 1].
 
-    ``mean_completion_tokens`` averages only the items that carry a token count (None when none do),
+    ``protocol`` is the scoring protocol of the items (a ValueError if they mix protocols: their
+    accuracies would not mean one thing). ``mean_completion_tokens`` averages only the items that carry a token count (None when none do),
     so a log mixing sources does not get a mean diluted by missing values.
     """
     if not items:
         raise ValueError("summarize() needs at least one item")
+    protocols = {item.protocol for item in items}
+    if len(protocols) > 1:
+        raise ValueError(f"summarize() got items scored under different protocols: {sorted(map(str, protocols))}")
     n = len(items)
     correct = sum(item.correct for item in items)
     token_counts = [item.completion_tokens for item in items if item.completion_tokens is not None]
     return {
+        "protocol": protocols.pop(),
         "n": n,
         "correct": correct,
         "accuracy": correct / n,

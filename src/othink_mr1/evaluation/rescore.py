@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m othink_mr1.evaluation.rescore --task geoqa results.json [--out items.jsonl]
+    python -m othink_mr1.evaluation.rescore --task geoqa [--scorer r1v|normalized] results.json [--out items.jsonl]
 
 FILE is either JSONL (one record per line, blank lines ignored) or a JSON object with a ``results``
 list, the shape R1-V's evaluation scripts write::
@@ -11,9 +11,15 @@ list, the shape R1-V's evaluation scripts write::
                                     "extracted_answer": ..., "is_correct": true}, ...]}
 
 Each record needs ``model_output`` and ``ground_truth``; ``question`` (a string, or a dict holding a
-``question`` key) and ``completion_tokens`` are optional. Saved correctness (the file's ``accuracy``,
-per-item ``is_correct``/``correct``) is compared with the re-score, which is how scorer changes are
-audited against old runs.
+``question`` key), ``completion_tokens`` and ``protocol`` are optional. ``--scorer`` names the scoring
+protocol of the re-score (``r1v``, R1-V's evaluation and the default, or ``normalized``; see
+``othink_mr1.rewards.scorers``). The report also counts the items whose verdict differs between the
+protocols, and compares saved correctness (the file's ``accuracy``, per-item ``is_correct``/``correct``)
+with the re-score, which is how scorer changes are audited against old runs; a ``protocol`` the records
+carry (this project's completions.jsonl do) is printed beside it.
+
+The input file is only read. Per-item results are written only with ``--out``, and only to a path
+that does not exist yet (never the input, never an earlier audit).
 
 Input problems exit with status 2 and one line naming the file and the record; no traceback. This
 module must not import torch/transformers: it is meant to start in well under a second.
@@ -30,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from othink_mr1.evaluation.metrics import ItemResult, score_item, summarize
-from othink_mr1.rewards.scorers import SCORER_FOR_TASK, SCORERS, get_scorer
+from othink_mr1.rewards.scorers import DEFAULT_PROTOCOL, PROTOCOLS, SCORER_FOR_TASK, SCORERS, get_scorer
 
 __all__ = ["RescoreError", "load_records", "main"]
 
@@ -138,6 +144,15 @@ def _saved_flag(record: dict[str, Any]) -> bool | None:
     return None
 
 
+def _saved_protocols(records: list[dict[str, Any]]) -> str | None:
+    """The ``protocol`` the records carry, e.g. ``normalized`` or ``normalized (3 of 4 records)``."""
+    found = [record["protocol"] for record in records if isinstance(record.get("protocol"), str)]
+    if not found:
+        return None
+    names = ", ".join(sorted(set(found)))
+    return names if len(found) == len(records) else f"{names} ({len(found)} of {len(records)} records)"
+
+
 def _pct(fraction: float) -> str:
     return f"{100.0 * fraction:.2f}%"
 
@@ -149,15 +164,18 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Re-score saved model completions (JSONL or an R1-V eval log) without a model.",
     )
     parser.add_argument("--task", required=True, help=f"task or scorer name ({tasks})")
+    parser.add_argument("--scorer", choices=PROTOCOLS, default=DEFAULT_PROTOCOL, metavar="PROTOCOL",
+                        help=f"scoring protocol: {', '.join(PROTOCOLS)} (default: {DEFAULT_PROTOCOL}, R1-V's evaluation)")
     parser.add_argument("file", type=Path, help="JSONL records or a JSON object with a 'results' list")
     parser.add_argument("--out", type=Path, default=None,
                         help="write per-item results as JSONL to this new file (an existing file is refused)")
     return parser
 
 
-def _rescore(task: str, path: Path, out: Path | None) -> None:
+def _rescore(task: str, path: Path, out: Path | None, protocol: str = DEFAULT_PROTOCOL) -> None:
     try:
-        scorer = get_scorer(task)
+        scorer = get_scorer(task, protocol)
+        others = {name: get_scorer(task, name) for name in PROTOCOLS if name != protocol}
     except ValueError as exc:
         raise RescoreError(str(exc)) from None
     if out is not None and out.exists():
@@ -170,6 +188,7 @@ def _rescore(task: str, path: Path, out: Path | None) -> None:
     items: list[ItemResult] = []
     disagreements = 0
     flagged = 0
+    differing = dict.fromkeys(others, 0)  # other protocol -> items whose verdict differs from this one
     for record, where in zip(loaded.records, loaded.locations, strict=True):
         tokens = record.get("completion_tokens")
         try:
@@ -180,6 +199,8 @@ def _rescore(task: str, path: Path, out: Path | None) -> None:
                 question=_question_text(record),
                 completion_tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
             )
+            for name, other in others.items():
+                differing[name] += other.score(record["model_output"], record["ground_truth"]).correct != item.correct
         except ValueError as exc:  # e.g. a counting ground truth that is not an integer
             raise RescoreError(f"{path}: {where}: {exc}") from None
         items.append(item)
@@ -192,6 +213,12 @@ def _rescore(task: str, path: Path, out: Path | None) -> None:
     lines = [
         f"file: {path}",
         f"task: {task} (scorer: {scorer.name})",
+        f"protocol: {protocol}",
+    ]
+    saved_protocol = _saved_protocols(loaded.records)
+    if saved_protocol is not None:
+        lines.append(f"saved protocol: {saved_protocol}")
+    lines += [
         f"items: {summary['n']}",
         f"correct: {summary['correct']}",
         f"accuracy: {_pct(summary['accuracy'])}",
@@ -202,15 +229,20 @@ def _rescore(task: str, path: Path, out: Path | None) -> None:
     if isinstance(loaded.saved_accuracy, (int, float)) and not isinstance(loaded.saved_accuracy, bool):
         # Printed as stored: R1-V writes a percentage, other tools a fraction; we do not guess which.
         lines.append(f"saved accuracy (as stored): {loaded.saved_accuracy}")
+    for name, count in differing.items():
+        lines.append(f"verdicts that differ between {protocol} and {name}: {count} of {summary['n']}")
     if flagged:
         lines.append(f"disagreements with saved per-item correctness: {disagreements} of {flagged}")
 
     if out is not None:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            with out.open("w", encoding="utf-8") as handle:
+            # "x": created here or refused, even if the file appeared since the check above.
+            with out.open("x", encoding="utf-8") as handle:
                 for item in items:
                     handle.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+        except FileExistsError:
+            raise RescoreError(f"{out}: already exists; choose another --out path") from None
         except OSError as exc:
             raise RescoreError(f"{out}: cannot write ({exc.strerror or exc})") from None
         lines.append(f"wrote: {out}")
@@ -221,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (0 ok, 2 bad input or usage)."""
     args = _build_parser().parse_args(argv)  # argparse itself exits 2 on usage errors
     try:
-        _rescore(args.task, args.file, args.out)
+        _rescore(args.task, args.file, args.out, args.scorer)
     except RescoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ import torch
 
 from ..evaluation.harness import suppressed_token_ids
 from ..rewards.functions import compute_rewards
+from ..rewards.scorers import DEFAULT_PROTOCOL
 from ..models.prefix_sharing import (
     full_position_ids,
     grouped_completion_logits,
@@ -185,8 +186,10 @@ class GRPOModule(TrainableModule):
         texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
         answers = [a for a in batch["meta"]["answers"] for _ in range(G)]
         questions = [q for q in batch["meta"]["questions"] for _ in range(G)]
+        # The run's scoring protocol (eval.protocol): the accuracy reward pays that protocol's verdict.
+        protocol = getattr(self.eval_spec, "protocol", DEFAULT_PROTOCOL)
         total, parts = compute_rewards(dict(m.rewards), texts, answer=answers, question=questions,
-                                       scorer=[self.scorer] * len(texts))
+                                       scorer=[self.scorer] * len(texts), protocol=[protocol] * len(texts))
         device = completion_ids.device
         rewards = torch.tensor(total, dtype=torch.float32, device=device)
         rollout = Rollout(

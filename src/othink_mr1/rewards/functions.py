@@ -1,7 +1,8 @@
 """Reward functions for GRPO: each `f(completions, **columns) -> list[float]`, one value per completion.
 
-`columns` are per-completion lists from the batch (`answer`, `question`, `scorer`), so a reward can
-read whatever the data carries. Chosen and weighted in config (`method.rewards: {accuracy: 1.0,
+`columns` are per-completion lists from the batch (`answer`, `question`, `scorer`, and `protocol`: the
+run's scoring protocol, `eval.protocol`; `r1v` when absent), so a reward can read whatever the data
+carries. Chosen and weighted in config (`method.rewards: {accuracy: 1.0,
 format: 1.0}`); the total is the weighted sum (R = R_acc + alpha * R_format in the paper, alpha = 1).
 """
 
@@ -9,23 +10,29 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .scorers import format_ok, get_scorer
+from .scorers import DEFAULT_PROTOCOL, format_ok, get_scorer
 
 RewardFn = Callable[..., list[float]]
 
 
-def accuracy(completions: list[str], *, answer: list[Any], scorer: list[str], **_: Any) -> list[float]:
-    """1.0 where the answer inside the `<answer>` tags is correct, judged by the task's scorer (the one
-    the evaluation harness uses). An answer outside the tags earns nothing here, although R1-V's
-    geometry evaluation would count it (see `accuracy_r1v`)."""
-    return [get_scorer(name).reward(c, gt) for c, gt, name in zip(completions, answer, scorer)]
+def accuracy(completions: list[str], *, answer: list[Any], scorer: list[str], protocol: list[str] | None = None,
+             **_: Any) -> list[float]:
+    """1.0 where the answer inside the `<answer>` tags is correct under the run's scoring protocol (the
+    scorer the evaluation harness uses). An answer outside the tags earns nothing here, although R1-V's
+    geometry evaluation would count it (see `accuracy_r1v`); so this never pays more than the
+    evaluation's verdict, under either protocol."""
+    protocols = protocol if protocol is not None else [DEFAULT_PROTOCOL] * len(completions)
+    return [get_scorer(name, p).reward(c, gt) for c, gt, name, p in zip(completions, answer, scorer, protocols,
+                                                                           strict=True)]
 
 
 def accuracy_r1v(completions: list[str], *, answer: list[Any], scorer: list[str], **_: Any) -> list[float]:
-    """R1-V's training reward exactly: the evaluation's verdict, which for geometry parses an untagged
-    output whole. For reproducing R1-V's training signal (`method.rewards={accuracy_r1v: 1.0,
-    format: 1.0}`); it pays a policy that skips the tags."""
-    return [1.0 if get_scorer(name).score(c, gt).correct else 0.0 for c, gt, name in zip(completions, answer, scorer)]
+    """R1-V's training reward exactly: the `r1v` protocol's evaluation verdict (the same scorer call),
+    whatever the run's protocol; for geometry it parses the whole output, untagged or not. For
+    reproducing R1-V's training signal (`method.rewards={accuracy_r1v: 1.0, format: 1.0}`); it pays a
+    policy that skips the tags."""
+    return [1.0 if get_scorer(name, "r1v").score(c, gt).correct else 0.0
+            for c, gt, name in zip(completions, answer, scorer, strict=True)]
 
 
 def format(completions: list[str], **_: Any) -> list[float]:  # noqa: A001 - the reward's name in configs

@@ -1,15 +1,34 @@
-"""Rule-based answer scorers for the two OThink-MR1 / R1-V tasks.
+"""Rule-based answer scorers for the two OThink-MR1 / R1-V tasks, under two named scoring protocols.
 
-Two scorers are provided, each mirroring the rule R1-V uses for its reward and evaluation:
+A *protocol* decides how a completion is judged; every run names one (config ``eval.protocol``,
+``PROTOCOLS``), and every per-task summary and completions.jsonl record says which it used:
 
-* :class:`CountingScorer` (SuperCLEVR / CLEVR counting): the first ``<answer> N </answer>`` with an
-  integer inside must equal the integer ground truth.
-* :class:`GeometryScorer` (GeoQA): symbolic equivalence with ``math-verify``, after normalising the
-  GeoQA notations math-verify does not understand (``√{3}``, ``°``, ``cm``, ``米``, ...).
+``r1v`` (the default; the paper's protocol)
+    R1-V's evaluation exactly. Geometry (GeoQA): ``math_verify.verify(math_verify.parse(ground_truth),
+    math_verify.parse(whole_output))`` with math-verify's own defaults: no notation rewriting, no
+    ``<answer>`` span logic, an empty parse of the output is wrong. This reproduces R1-V's logged
+    verdicts item for item, so accuracies compare with the paper's. The one guard
+    (:data:`MAX_R1V_CHARS`) only touches outputs far longer than any 1024-token completion.
+``normalized``
+    The project's earlier geometry scorer (:class:`NormalizedGeometryScorer`): it judges the
+    ``<answer>`` span when there is one and rewrites GeoQA and model notations (``√{3}``, ``°``,
+    ``cm``, ``米``, ``sqrt(3)``, ...) before math-verify reads them. It exists because R1-V's rule
+    grades what math-verify's extraction happens to pick from the whole output: it does not read an
+    answer glued to its tags (``<answer>140°</answer>``), and then takes a number from the reasoning
+    (``<think> angle A = 80 </think> <answer>140°</answer>`` is wrong under ``r1v``, right with spaces
+    inside the tags), and ``math_verify.parse("4√{3}")`` reads 4. It disagrees with ``r1v`` in both directions
+    (on two published Qwen2-VL-7B GeoQA-754 logs: 23 and 21 of 754 items), so its numbers must
+    never be reported as the paper's.
 
-Both expose ``score(completion, ground_truth) -> Score`` and ``reward(completion, ground_truth) ->
-float``. They are pure Python (plus sympy via math-verify) on purpose: the offline rescore CLI imports
-this module and must start fast, so nothing here may import torch/transformers/datasets.
+Counting (SuperCLEVR / CLEVR) is the same under both protocols: R1-V's rule, the first
+``<answer> N </answer>`` with an integer inside must equal the integer ground truth.
+
+``get_scorer(task_or_scorer_name, protocol)`` builds the scorer. Every scorer exposes
+``score(completion, ground_truth) -> Score`` (the evaluation's verdict) and ``reward(completion,
+ground_truth) -> float`` (the training reward: the same verdict, but never paying an answer given
+outside the ``<answer>`` tags). They are pure Python (plus sympy via math-verify) on purpose: the
+offline rescore CLI imports this module and must start fast, so nothing here may import
+torch/transformers/datasets.
 """
 
 from __future__ import annotations
@@ -18,22 +37,39 @@ import functools
 import re
 import threading
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 __all__ = [
+    "DEFAULT_PROTOCOL",
     "FORMAT_PATTERN",
+    "MAX_R1V_CHARS",
+    "PROTOCOLS",
     "SCORERS",
     "SCORER_FOR_TASK",
     "CountingScorer",
-    "GeometryScorer",
+    "NormalizedGeometryScorer",
+    "R1VGeometryScorer",
     "Score",
     "Scorer",
     "answer_span",
+    "check_protocol",
     "format_ok",
     "get_scorer",
     "normalize_geometry_text",
+    "r1v_verdict",
     "to_math_verify_input",
 ]
+
+#: Scoring protocols by name (see the module docstring). ``r1v`` is R1-V's evaluation, the paper's.
+PROTOCOLS: tuple[str, ...] = ("r1v", "normalized")
+DEFAULT_PROTOCOL = "r1v"
+
+
+def check_protocol(protocol: str) -> str:
+    """``protocol`` if it names a scoring protocol, else a ValueError listing the valid names."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown scoring protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
+    return protocol
 
 # ---------------------------------------------------------------------------------------------------
 # Format reward / answer extraction
@@ -98,12 +134,14 @@ class Score:
 class Scorer(Protocol):
     """What the training reward and the evaluation code need from a scorer.
 
-    `score` is the evaluation's verdict, R1-V's protocol so accuracies compare with the paper's.
-    `reward` is the training reward: the same verdict, except that it never pays an answer given
-    outside the `<answer>` tags (R1-V's geometry evaluation reads an untagged output whole; a
-    policy rewarded for that would learn to skip the tags)."""
+    `score` is the evaluation's verdict under the scorer's `protocol` (`r1v`: R1-V's, so accuracies
+    compare with the paper's). `reward` is the training reward: the same verdict, except that it never
+    pays an answer given outside the `<answer>` tags (R1-V's geometry evaluation reads an untagged
+    output whole; a policy rewarded for that would learn to skip the tags). So `reward` never pays
+    more than `score` under either protocol."""
 
     name: ClassVar[str]
+    protocol: str
 
     def score(self, completion: str, ground_truth: Any) -> Score: ...
 
@@ -135,9 +173,15 @@ def _integer_ground_truth(ground_truth: Any) -> int:
 
 
 class CountingScorer:
-    """R1-V counting rule: first ``<answer> N </answer>`` (integer only) equals the ground truth."""
+    """R1-V counting rule: first ``<answer> N </answer>`` (integer only) equals the ground truth.
+
+    The same rule under both protocols (it already reproduces R1-V's counting verdicts exactly):
+    `protocol` is only recorded, so that results say which protocol the run used."""
 
     name: ClassVar[str] = "counting"
+
+    def __init__(self, protocol: str = DEFAULT_PROTOCOL) -> None:
+        self.protocol = check_protocol(protocol)
 
     def score(self, completion: str, ground_truth: Any) -> Score:
         expected = _integer_ground_truth(ground_truth)
@@ -365,25 +409,32 @@ def _strip_spaces(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
-class GeometryScorer:
-    """GeoQA scoring with math-verify equivalence, in the R1-V style.
+class NormalizedGeometryScorer:
+    """GeoQA scoring under the ``normalized`` protocol: the answer span, in normalised notation.
 
-    R1-V judges "math-verify over the whole output": ``verify(parse(gold), parse(completion))``,
-    with a fallback where the ``<answer>`` span equals the ground truth as strings. Parsing the whole
-    output is fragile, because math-verify may latch onto a number from the reasoning (``<think>
-    angle A = 80 ...</think><answer> 40° </answer>``). We realise the same rule robustly:
+    What it changes versus ``r1v`` (:class:`R1VGeometryScorer`, ``verify(parse(gold),
+    parse(whole_output))``), and why:
 
-    1. If the completion has an ``<answer>`` span, the answer is judged by that span only:
-       correct if math-verify finds it equivalent to the ground truth, or if the span equals the
-       ground truth as strings after removing whitespace (R1-V's fallback).
-    2. Only when there is no ``<answer>`` span is math-verify run over the whole output.
+    1. If the completion has an ``<answer>`` span, only that span is judged (``r1v`` parses the whole
+       output, so math-verify may latch onto a number from the reasoning or after the tags: ``<think>
+       angle A = 80 </think> <answer>140°</answer>`` is wrong under ``r1v``, right here). A span longer than
+       :data:`MAX_ANSWER_CHARS` (a list of candidates, runaway output) is wrong.
+    2. Ground truth and answer are rewritten first (:func:`normalize_geometry_text`,
+       :func:`to_math_verify_input`): ``√{3}``, ``°``, ``cm``, ``米``, ``π``, ``sqrt(3)``, ``140 degrees``
+       become LaTeX math that math-verify reads (``parse("4√{3}")`` alone gives 4, so ``r1v`` credits
+       ``4`` for ``4√{3}``). Notations it does not rewrite (``4 * pi``, ``9pi``, some ``sqrt(3)/2``)
+       it rejects where ``r1v`` may accept: the protocols differ in both directions.
+    3. A span equal to the ground truth as strings, whitespace aside, is correct.
+    4. Only without an ``<answer>`` span is the output read whole, and then only its last
+       :data:`MAX_FALLBACK_CHARS` characters.
 
-    Both ground truth and candidate are normalised first (see :func:`normalize_geometry_text` and
-    :func:`to_math_verify_input`). The scorer never raises on model text: math-verify errors and
-    timeouts are treated as "not parsed".
+    It exists to judge what the answer says rather than what math-verify's extraction picks, and to
+    audit ``r1v`` numbers; accuracies compared with the paper's must use ``r1v``. It never raises on
+    model text: math-verify errors and timeouts are treated as "not parsed".
     """
 
     name: ClassVar[str] = "geometry"
+    protocol: ClassVar[str] = "normalized"
 
     def score(self, completion: str, ground_truth: Any) -> Score:
         gold_text = str(ground_truth).strip()
@@ -411,13 +462,70 @@ class GeometryScorer:
         return 1.0 if self.score(completion, ground_truth).correct else 0.0
 
 
+# Longest output the r1v scorer hands to math-verify. A guard, not part of R1-V's rule: math-verify's
+# extraction grows quadratically on some inputs (space-separated numbers: 1.2 s at 29,000 characters,
+# 5.2 s at 61,000, and without a timeout off the main thread), while a 1024-token completion is ~4,000
+# to 6,000 characters (4-6 characters a token); 20,000 would need 20 a token. So no realistic output
+# reaches it, and its verdict is never changed; a longer one is wrong and unparsed, unread.
+MAX_R1V_CHARS = 20_000
+
+
+@functools.lru_cache(maxsize=4096)
+def _r1v_gold(gold: str, timeout: int | None) -> tuple[Any, ...]:
+    # Ground truths repeat across a GRPO group and across epochs: parse each once.
+    return tuple(_mv_parse(gold, timeout))
+
+
+def r1v_verdict(completion: str, ground_truth: Any) -> Score:
+    """R1-V's GeoQA rule: ``verify(parse(ground_truth), parse(completion))``, math-verify's defaults.
+
+    No rewriting and no answer-span logic: ``completion`` is parsed whole, as given. An empty parse is
+    wrong. math-verify errors and timeouts (5 s, in the main thread only: its SIGALRM does not work
+    elsewhere) count as "nothing parsed" / "not equal", as math-verify itself returns them with
+    ``raise_on_error=False``. The one guard: a completion over :data:`MAX_R1V_CHARS` is wrong unread.
+    """
+    if len(completion) > MAX_R1V_CHARS:
+        return Score(correct=False, extracted=None, parsed=False)
+    timeout = _timeout()
+    candidate = _mv_parse(completion, timeout)
+    if not candidate:
+        return Score(correct=False, extracted=None, parsed=False)
+    gold = list(_r1v_gold(str(ground_truth), timeout))
+    return Score(correct=_mv_verify(gold, candidate, timeout), extracted=_readable(candidate)[:200], parsed=True)
+
+
+class R1VGeometryScorer:
+    """GeoQA scoring under the ``r1v`` protocol: R1-V's evaluation exactly (:func:`r1v_verdict`).
+
+    ``score`` parses the whole output, reasoning included, with math-verify's defaults and nothing
+    rewritten, which reproduces R1-V's logged verdicts item for item. ``reward`` additionally requires
+    that the ``<answer>`` span alone gets the same verdict, so a correct value that math-verify picks up
+    outside the tags (in the reasoning, after ``</answer>``, or with no tags at all) earns nothing;
+    it never pays more than ``score``.
+    """
+
+    name: ClassVar[str] = "geometry"
+    protocol: ClassVar[str] = "r1v"
+
+    def score(self, completion: str, ground_truth: Any) -> Score:
+        return r1v_verdict(completion, ground_truth)
+
+    def reward(self, completion: str, ground_truth: Any) -> float:
+        """1.0 when R1-V's verdict on the whole output and on the ``<answer>`` span alone are both right."""
+        span = answer_span(completion)
+        if span is None or not r1v_verdict(span, ground_truth).correct:
+            return 0.0
+        return 1.0 if r1v_verdict(completion, ground_truth).correct else 0.0
+
+
 # ---------------------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------------------
 
-SCORERS: dict[str, type[CountingScorer] | type[GeometryScorer]] = {
-    "counting": CountingScorer,
-    "geometry": GeometryScorer,
+#: Scorer name -> protocol -> scorer factory.
+SCORERS: dict[str, dict[str, Callable[[], Scorer]]] = {
+    "counting": {protocol: functools.partial(CountingScorer, protocol) for protocol in PROTOCOLS},
+    "geometry": {"r1v": R1VGeometryScorer, "normalized": NormalizedGeometryScorer},
 }
 
 #: Task names used by configs and data loaders -> scorer name.
@@ -429,10 +537,12 @@ SCORER_FOR_TASK: dict[str, str] = {
 }
 
 
-def get_scorer(name: str) -> CountingScorer | GeometryScorer:
-    """Instantiate the scorer for a task name (``geoqa``) or a scorer name (``geometry``)."""
+def get_scorer(name: str, protocol: str = DEFAULT_PROTOCOL) -> Scorer:
+    """The scorer for a task name (``geoqa``) or a scorer name (``geometry``) under a scoring protocol
+    (``r1v`` or ``normalized``, see :data:`PROTOCOLS`). Unknown names raise a ValueError listing the
+    valid ones."""
     scorer_name = SCORER_FOR_TASK.get(name, name)
     if scorer_name not in SCORERS:
         valid = sorted(set(SCORERS) | set(SCORER_FOR_TASK))
         raise ValueError(f"unknown task or scorer {name!r}; valid names: {', '.join(valid)}")
-    return SCORERS[scorer_name]()
+    return SCORERS[scorer_name][check_protocol(protocol)]()
