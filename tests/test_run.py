@@ -294,3 +294,33 @@ def test_the_final_checkpoint_is_written_once(make_cfg, monkeypatch, every, step
     saved = torch.load(Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert saved["global_step"] == steps
     assert sorted(p.name for p in (Path(cfg.paths.run_dir) / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_eval_mode_honours_every_tasks_overrides(make_cfg):
+    """mode=eval scores each task from tasks.<name>; task.* overrides set the task `task` names."""
+    overrides = ["mode=eval", *TINY, "tasks.counting.eval_size=4", "tasks.geometry.eval_size=3"]
+    results = run(make_cfg(*overrides), overrides=overrides)
+    assert {task: scores["n"] for task, scores in results["after"].items()} == {"counting": 4, "geometry": 3}
+    overrides = ["mode=eval", *TINY, "task=geometry", "task.eval_size=2", "tasks.geometry.eval_size=2",
+                 "tasks.counting.eval_size=5", "tag=b"]
+    cfg = make_cfg(*overrides)
+    run(cfg, overrides=overrides)
+    saved = json.loads((Path(cfg.paths.run_dir) / "eval" / "eval" / "results.json").read_text())["results"]
+    assert {task: scores["n"] for task, scores in saved.items()} == {"counting": 5, "geometry": 2}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["mode=eval", "task.eval_size=5", "tasks.counting.eval_size=4"],
+     "tasks.counting.eval_size=4 and task.eval_size=5 disagree: in mode=eval both set task 'counting'"),
+    (["mode=eval", "task.eval_size=5", "eval.tasks=[geometry]"],
+     r"task.eval_size=5: mode=eval scores eval.tasks=\['geometry'\], which leaves out 'counting'.*"
+     r"set tasks.<name>.eval_size"),
+    (["tasks.counting.eval_size=4"], "'counting' is the trained task, so task.* describes it .*set task.eval_size"),
+])
+def test_task_overrides_that_would_be_ignored_are_errors(make_cfg, overrides, message):
+    from othink_mr1.checks import check_config
+
+    with pytest.raises(ConfigError, match=message):
+        check_config(make_cfg(*overrides), overrides)
+    # Without the command line (a config composed elsewhere) nothing is known to clash.
+    check_config(make_cfg(*overrides))

@@ -23,21 +23,80 @@ METHODS = ("sft", "grpo")
 MODEL_SOURCES = ("tiny", "tiny_base", "pretrained")
 
 
-def eval_task_configs(cfg: DictConfig) -> dict[str, Any]:
-    """Config of every task in eval.tasks; the trained task's own node wins, so `task.*` overrides
-    apply to its evaluation too. The trained task is always scored."""
+def override_keys(overrides: list[str] | None, prefix: str) -> list[str]:
+    """The config keys under `prefix` (e.g. "task.") that command-line overrides set, in order, down to
+    each leaf a dict value sets; group choices (`task=geometry`) and deletions set no value."""
+    if not overrides:
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    def leaves(key: str, value: Any) -> list[str]:
+        if isinstance(value, dict) and value:
+            return [leaf for k, v in value.items() for leaf in leaves(f"{key}.{k}", v)]
+        return [key]
+
+    keys: list[str] = []
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.package is None and not o.is_delete() and o.key_or_group.startswith(prefix):
+            keys += [k for k in leaves(o.key_or_group, o.value()) if k not in keys]
+    return keys
+
+
+def eval_task_configs(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Config of every task in eval.tasks (the trained task is always scored).
+
+    train: the trained task is `task` (its `task.*` overrides apply to its evaluation too), every other
+    task is `tasks.<name>`; a `tasks.<trained>.*` override that `task` does not match is an error.
+    eval: every task is `tasks.<name>`; a `task.*` override (`overrides`: the command line's) applies to
+    the task `task` names, as in training, so that task must be scored and its `tasks.<name>.*`
+    overrides must agree. `task.eval_tasks` picks the eval tasks (eval.tasks defaults to it) in both modes.
+    """
+    import copy
+
+    from omegaconf import OmegaConf
+
     names = list(cfg.eval.tasks)
-    if cfg.mode == "train" and cfg.task.name not in names:
-        names.insert(0, cfg.task.name)
-    known = sorted(set(cfg.tasks) | {cfg.task.name})
+    train = cfg.mode == "train"
+    own = cfg.task.name
+    if train and own not in names:
+        names.insert(0, own)
+    known = sorted(set(cfg.tasks) | {own})
     out = {}
     for name in names:
-        if name == cfg.task.name:
-            out[name] = cfg.task
-        elif name in cfg.tasks:
+        if name in cfg.tasks and not (train and name == own):
             out[name] = cfg.tasks[name]
+        elif name == own:
+            out[name] = cfg.task
         else:
             raise ConfigError(f"eval.tasks: unknown task '{name}'; known tasks: {known}")
+    own_keys = override_keys(overrides, f"tasks.{own}.")
+    if train:
+        for key in own_keys:
+            rest = key[len(f"tasks.{own}."):]
+            if OmegaConf.select(cfg, key) != OmegaConf.select(cfg.task, rest):
+                raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: '{own}' is the trained task, so task.* "
+                                  f"describes it (training and evaluation): set task.{rest} instead")
+        return out
+    task_keys = [k for k in override_keys(overrides, "task.") if not k.startswith("task.eval_tasks")]
+    if not task_keys:
+        return out
+    if own not in out:
+        raise ConfigError(f"{task_keys[0]}={OmegaConf.select(cfg, task_keys[0])}: mode=eval scores eval.tasks="
+                          f"{names}, which leaves out '{own}', the task task.* describes; set "
+                          f"tasks.<name>.{task_keys[0][len('task.'):]} for a task scored instead")
+    if own not in cfg.tasks:
+        return out  # scored from `task` itself
+    node = copy.deepcopy(cfg.tasks[own])
+    for key in task_keys:
+        value = OmegaConf.select(cfg, key)
+        OmegaConf.update(node, key[len("task."):], OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+    for key in own_keys:
+        rest = key[len(f"tasks.{own}."):]
+        if OmegaConf.select(cfg, key) != OmegaConf.select(node, rest):
+            clash = next(k for k in task_keys if k[len("task."):].startswith(rest) or rest.startswith(k[len("task."):]))
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} and {clash}={OmegaConf.select(cfg, clash)} "
+                              f"disagree: in mode=eval both set task '{own}'; set only {key}")
+    out[own] = node
     return out
 
 
@@ -146,18 +205,19 @@ def check_image_backend(model_cfg: Any) -> None:
         raise ConfigError(problem)
 
 
-def check_config(cfg: DictConfig) -> dict[str, Any]:
-    """All semantic checks; returns the eval task configs."""
+def check_config(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """All semantic checks (`overrides`: the command line's, see eval_task_configs); returns the eval
+    task configs."""
     if cfg.mode not in ("train", "eval"):
         raise ConfigError(f"mode='{cfg.mode}': expected train or eval")
     if cfg.model.source not in MODEL_SOURCES:
         raise ConfigError(f"model.source='{cfg.model.source}': expected one of {list(MODEL_SOURCES)}")
     check_image_backend(cfg.model)
-    eval_tasks = eval_task_configs(cfg)
+    eval_tasks = eval_task_configs(cfg, overrides)
     if not eval_tasks:
         raise ConfigError("eval.tasks is empty: name at least one task to score")
     for name, task in eval_tasks.items():
-        check_task(task, "task" if name == cfg.task.name else f"tasks.{name}")
+        check_task(task, "task" if name == cfg.task.name and cfg.mode == "train" else f"tasks.{name}")
     if cfg.eval.batch_size < 1:
         raise ConfigError(f"eval.batch_size={cfg.eval.batch_size}: must be at least 1")
     if cfg.data.on_bad_row not in ON_BAD_ROW:

@@ -316,7 +316,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     """Run one job (train or eval) from a composed config; returns the results.json payload."""
     started = time.time()
     quiet_third_party()
-    eval_tasks = check_config(cfg)
+    eval_tasks = check_config(cfg, overrides)
     train = cfg.mode == "train"
     run_dir = Path(cfg.paths.run_dir)
     resume_from = resume_checkpoint(cfg, run_dir)
