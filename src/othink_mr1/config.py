@@ -326,6 +326,10 @@ class EvalConfig:
     # Score the starting model before any training ("row zero").
     row_zero: bool = True
     write_completions: bool = True
+    # How answers are judged (rewards.scorers.PROTOCOLS): r1v, R1-V's evaluation and the paper's (parse the
+    # whole output with math-verify), or normalized (the normalising answer-span geometry scorer). GRPO's
+    # accuracy reward pays the same protocol's verdict.
+    protocol: str = "r1v"
 
 
 @dataclass

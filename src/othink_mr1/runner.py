@@ -364,6 +364,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
         scorers={n: t.scorer for n, t in eval_tasks.items()},
         max_new_tokens={n: effective_max_new_tokens(t.max_new_tokens, cfg.model.max_new_tokens_cap)
                         for n, t in eval_tasks.items()},
+        protocol=cfg.eval.protocol,
     )
     eval_kwargs = dict(eval_spec=spec, eval_names=dm.eval_names, eval_dir=run_dir / "eval",
                        write_completions=cfg.eval.write_completions)

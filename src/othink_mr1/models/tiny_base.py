@@ -30,6 +30,7 @@ from ..data.records import Example, load_image
 from ..data.synthetic import counting, geometry, synthetic_split
 from ..data.tasks import TaskSplit, load_split
 from ..evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
+from ..rewards.scorers import DEFAULT_PROTOCOL
 from ..methods.base import VLMModule
 from ..methods.sft import SFTModule
 from .tiny import R1V_SUFFIXES
@@ -136,7 +137,8 @@ def evaluate_synthetic(model: Any, processor: Any, cache_dir: str | Path, cap: i
     """Score `model` on the default synthetic test splits with the shared harness."""
     tasks = {name: synthetic_task(name) for name in ACCEPTANCE_TASKS}
     spec = EvalSpec(scorers={n: t.scorer for n, t in tasks.items()},
-                    max_new_tokens={n: effective_max_new_tokens(t.max_new_tokens, cap) for n, t in tasks.items()})
+                    max_new_tokens={n: effective_max_new_tokens(t.max_new_tokens, cap) for n, t in tasks.items()},
+                    protocol=DEFAULT_PROTOCOL)
     loaders = [DataLoader(TaskSplit(t, "test", load_split(t, "test", str(cache_dir))), batch_size=32,
                           collate_fn=PromptCollator(processor, t.prompt)) for t in tasks.values()]
     module = VLMModule(model, processor, eval_spec=spec, eval_names=list(tasks))
