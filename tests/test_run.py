@@ -149,6 +149,7 @@ def test_wandb_runs_offline_with_grouping_keys_and_is_always_finished(make_cfg, 
     assert seen["config"]["method"]["lr"] == cfg.method.lr
     assert summary["status"] == "finished" and summary["data/skipped_rows"] == 0
     assert summary["eval/counting/acc"] == json.loads((run_dir / "results.json").read_text())["after"]["counting"]["accuracy"]
+    assert summary["eval/counting/protocol"] == "r1v"  # the report reads it, and refuses to mix protocols
 
     # A failure mid-training still finishes the wandb run, and the error propagates.
     from othink_mr1.methods.sft import SFTModule

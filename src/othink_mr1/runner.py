@@ -166,6 +166,7 @@ def write_wandb_summary(loggers: list[Any], results: dict[str, Any]) -> None:
     for stage, prefix in (("after", "eval"), ("before", "row_zero")):
         for task, scores in (results.get(stage) or {}).items():
             summary[f"{prefix}/{task}/acc"] = scores["accuracy"]
+            summary[f"{prefix}/{task}/protocol"] = scores["protocol"]  # the report refuses to mix protocols
     if results.get("train"):
         summary["train/seconds"] = results["train"]["seconds"]
     summary["data/skipped_rows"] = sum(results["data"]["skipped_rows"].values())
