@@ -121,9 +121,79 @@ def test_reference_model_only_when_beta_can_be_positive(tmp_path, tiny):
     assert build_module(cfg, model, processor, type("B", (), {"total_steps": 2})(), None, {}).reference is None
 
 
-def test_completion_mask_stops_after_the_end_of_turn():
+def test_completion_mask_stops_after_the_first_stop_token():
     ids = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0]])
-    assert completion_mask(ids, eos_id=2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert completion_mask(ids, 2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    # Two stop ids, the second also the pad token (<|endoftext|>): the first one ends the row, the pads
+    # after it are masked, a row that never stopped keeps its whole length.
+    ids = torch.tensor([[5, 1, 1, 1], [5, 6, 2, 1], [5, 6, 7, 8], [1, 1, 1, 1]])
+    mask = completion_mask(ids, [2, 1])
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert mask.sum(dim=1).tolist() == [2, 3, 4, 1]
+
+
+class Scripted(torch.nn.Module):
+    """An output head that makes row r emit scripts[r][t] at step t (its last token once the script ends)."""
+
+    def __init__(self, vocab: int, scripts: list[list[int]]):
+        super().__init__()
+        self.vocab, self.scripts, self.calls = vocab, scripts, 0
+
+    def forward(self, hidden):
+        logits = torch.full((*hidden.shape[:-1], self.vocab), -1e4)
+        for row, script in enumerate(self.scripts):
+            logits[row, ..., script[min(self.calls, len(script) - 1)]] = 1e4
+        self.calls += 1
+        return logits
+
+
+def special_ids(tok):
+    return tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared-prefix", "plain-generate"])
+def test_sampling_stops_at_every_eos_id_of_the_generation_config(tmp_path, tiny, share):
+    """Qwen2-VL's hub generation config ends a turn at <|im_end|> or <|endoftext|>: sampling stops at
+    either, and the completion mask (so the loss and the length) ends there."""
+    model, processor = copy.deepcopy(tiny[0]), tiny[1]
+    tok = processor.tokenizer
+    im_end, endoftext = special_ids(tok)
+    assert tok.pad_token_id == endoftext  # the pad token is a stop id too
+    model.generation_config.eos_token_id = [im_end, endoftext]
+    cfg = grpo_cfg(tmp_path, "kl=constant", "kl.beta=0.0", f"method.share_prompt_prefix={str(share).lower()}")
+    module = build_module(cfg, model, processor, type("B", (), {"total_steps": 2})(), None, {})
+    split = TaskSplit(cfg.task, "train", load_split(cfg.task, "train", str(CACHE)))
+    batch = PromptCollator(processor, cfg.task.prompt)([split[i] for i in range(2)])
+    assert module.shares_prompts(batch) == share
+    a, b = tok.convert_tokens_to_ids(["a", "b"])
+    G = cfg.method.num_generations
+    scripts = [[a, endoftext, b], [a, b, im_end, b], [a, b]] + [[b, b, b, im_end]] * (2 * G - 3)
+    model.lm_head = Scripted(len(tok), scripts)
+    ids = module.sample(batch)
+    assert ids[0].tolist()[:2] == [a, endoftext] and set(ids[0].tolist()[2:]) == {endoftext}  # pads after the end
+    assert ids[1].tolist()[:3] == [a, b, im_end]
+    rollout = module.build_rollout(batch, ids)
+    lengths = rollout.completion_mask.sum(dim=1).tolist()
+    assert lengths[:3] == [2, 3, 12] and set(lengths[3:]) == {4}  # 12: the budget, never stopped
+    assert tok.batch_decode(ids[:2], skip_special_tokens=True) == ["a", "ab"]
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared-prefix", "plain-generate"])
+def test_an_extra_stop_id_that_never_occurs_changes_no_sampled_token(tmp_path, tiny, share):
+    model, processor = copy.deepcopy(tiny[0]), tiny[1]
+    tok = processor.tokenizer
+    im_end, endoftext = special_ids(tok)
+    cfg = grpo_cfg(tmp_path, "kl=constant", "kl.beta=0.0", f"method.share_prompt_prefix={str(share).lower()}")
+    module = build_module(cfg, model, processor, type("B", (), {"total_steps": 2})(), None, {})
+    split = TaskSplit(cfg.task, "train", load_split(cfg.task, "train", str(CACHE)))
+    batch = PromptCollator(processor, cfg.task.prompt)([split[i] for i in range(3)])
+    samples = []
+    for stops in (im_end, [im_end, endoftext]):  # the tokenizer's end of turn only (as before), then both
+        model.generation_config.eos_token_id = stops
+        torch.manual_seed(11)
+        samples.append(module.sample(batch))
+    assert not (samples[0] == endoftext).any()
+    assert torch.equal(samples[0], samples[1])
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import torch
@@ -9,7 +10,8 @@ from PIL import Image
 
 from othink_mr1.data.collate import PromptCollator
 from othink_mr1.data.records import Example
-from othink_mr1.evaluation.harness import EvalAccumulator, EvalSpec, format_table, generate, write_stage
+from othink_mr1.evaluation.harness import (EvalAccumulator, EvalSpec, format_table, generate, stop_token_ids,
+                                            write_stage)
 
 
 def test_generate_is_greedy_and_counts_tokens_up_to_the_end_of_turn(tiny):
@@ -27,6 +29,30 @@ def test_generate_is_greedy_and_counts_tokens_up_to_the_end_of_turn(tiny):
     eos = processor.tokenizer.eos_token_id
     expected = [row.tolist().index(eos) + 1 if eos in row.tolist() else 6 for row in out]
     assert lengths == expected
+
+
+def test_generation_stops_at_every_eos_id_of_the_generation_config(tiny):
+    """Qwen2-VL's hub generation config lists two end ids (<|im_end|>, <|endoftext|>): a completion
+    ending on either stops there, in length and text, although the tokenizer's eos is <|im_end|>."""
+    from test_grpo import Scripted, special_ids
+
+    model, processor = copy.deepcopy(tiny[0]).eval(), tiny[1]
+    tok = processor.tokenizer
+    im_end, endoftext = special_ids(tok)
+    assert stop_token_ids(model, tok) == [im_end]
+    model.generation_config.eos_token_id = [im_end, endoftext]
+    assert stop_token_ids(model, tok) == [im_end, endoftext]
+    model.generation_config.eos_token_id = endoftext  # an int, and the tokenizer's eos still counts
+    assert stop_token_ids(model, tok) == [endoftext, im_end]
+    model.generation_config.eos_token_id = [im_end, endoftext]
+    examples = [Example(image=Image.new("RGB", (112, 112), c), question=q, answer="3", target="", index=i)
+                for i, (c, q) in enumerate([("red", "How many?"), ("blue", "How many items are there in the image?"),
+                                            ("green", "Count them.")])]
+    batch = PromptCollator(processor, "{question}")(examples)
+    a, b = tok.convert_tokens_to_ids(["a", "b"])
+    model.lm_head = Scripted(len(tok), [[a, b, endoftext, a], [a, im_end, b], [b]])
+    texts, lengths = generate(model, tok, batch, max_new_tokens=6)
+    assert lengths == [3, 2, 6] and texts == ["ab", "a", "bbbbbb"]
 
 
 def test_accumulator_keys_items_by_index_and_writes_a_stage(tmp_path):

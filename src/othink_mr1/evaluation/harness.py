@@ -43,6 +43,28 @@ def suppressed_token_ids(tokenizer: Any) -> list[int]:
     return [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
 
 
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a completion, in evaluation and in GRPO sampling alike: the ids of the
+    model's generation config (`eos_token_id`, an int or a list: Qwen2-VL's hub config lists
+    <|im_end|> and <|endoftext|>) and then the tokenizer's end-of-turn token, each once."""
+    listed = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [] if listed is None else [listed] if isinstance(listed, int) else list(listed)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(int(i) for i in ids))
+
+
+def completion_mask(completion_ids: torch.Tensor, stop_ids: int | list[int] | tuple[int, ...]) -> torch.Tensor:
+    """[N, C] 1 for each token up to and including a row's first stop token, 0 after it (the pads that
+    follow an ended completion, even when the pad token is itself a stop id); a row that never
+    stopped is all ones. `.sum(dim=1)` is each completion's length."""
+    stops = torch.tensor([stop_ids] if isinstance(stop_ids, int) else list(stop_ids), dtype=completion_ids.dtype,
+                         device=completion_ids.device)
+    is_stop = torch.isin(completion_ids, stops)
+    after_stop = (is_stop.cumsum(dim=1) - is_stop.long()) > 0
+    return (~after_stop).long()
+
+
 def effective_max_new_tokens(task_max: int, model_cap: int | None) -> int:
     return min(task_max, model_cap) if model_cap else task_max
 
@@ -50,18 +72,18 @@ def effective_max_new_tokens(task_max: int, model_cap: int | None) -> int:
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, batch: dict[str, Any], max_new_tokens: int) -> tuple[list[str], list[int]]:
     """Greedy completions for a left-padded prompt batch, and each one's length in tokens
-    (up to and including the end-of-turn token; the full budget when it never stopped)."""
+    (up to and including the first stop token, `stop_token_ids`; the full budget when it never stopped)."""
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    stop_ids = stop_token_ids(model, tokenizer)
+    # do_sample=False wins over a hub config's sampling defaults (Qwen2-VL: do_sample, top_k 1, temperature 0.01).
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
                          suppress_tokens=suppressed_token_ids(tokenizer))
     completion_ids = out[:, inputs["input_ids"].shape[1]:]
-    is_eos = completion_ids == tokenizer.eos_token_id
-    stopped = is_eos.any(dim=1)
-    first_eos = is_eos.float().argmax(dim=1)
-    lengths = torch.where(stopped, first_eos + 1, torch.full_like(first_eos, completion_ids.shape[1]))
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    return texts, lengths.tolist()
+    lengths = completion_mask(completion_ids, stop_ids).sum(dim=1).tolist()
+    # Only the tokens up to the end: an ended row's pads are never decoded.
+    texts = [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(completion_ids, lengths)]
+    return texts, lengths
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..evaluation.harness import suppressed_token_ids
+from ..evaluation.harness import completion_mask, stop_token_ids, suppressed_token_ids
 from ..rewards.functions import compute_rewards
 from ..rewards.scorers import DEFAULT_PROTOCOL
 from ..models.prefix_sharing import (
@@ -46,7 +46,7 @@ class Rollout:
     # plain forward is not run, and repeating every image G times would only cost memory).
     inputs: dict[str, torch.Tensor] | None
     completion_ids: torch.Tensor  # [N, C]
-    completion_mask: torch.Tensor  # [N, C], 1 up to and including the end-of-turn token
+    completion_mask: torch.Tensor  # [N, C], 1 up to and including the first stop token (harness.completion_mask)
     advantages: torch.Tensor  # [N]
     rewards: torch.Tensor  # [N] weighted total
     reward_parts: dict[str, torch.Tensor]  # name -> [N]
@@ -73,13 +73,6 @@ def repeat_prompts(batch: dict[str, Any], times: int) -> dict[str, torch.Tensor]
         out["pixel_values"] = torch.cat([c for c in chunks for _ in range(times)])
         out["image_grid_thw"] = grid.repeat_interleave(times, dim=0)
     return out
-
-
-def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """1 for each token up to and including the first end-of-turn token, 0 after it."""
-    is_eos = completion_ids == eos_id
-    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
-    return (~after_eos).long()
 
 
 class GRPOModule(TrainableModule):
@@ -133,8 +126,10 @@ class GRPOModule(TrainableModule):
         m, tok = self.method, self.processor.tokenizer
         was_training = self.model.training
         self.model.eval()
+        # Every stop id of the model's generation config, as in evaluation (harness.stop_token_ids).
         sampling = dict(temperature=m.temperature, top_p=m.top_p, top_k=m.top_k or None, pad_token_id=tok.pad_token_id,
-                        eos_token_id=tok.eos_token_id, min_new_tokens=min(m.min_completion_length, self.max_new_tokens))
+                        eos_token_id=stop_token_ids(self.model, tok),
+                        min_new_tokens=min(m.min_completion_length, self.max_new_tokens))
         if self.shares_prompts(batch):
             # One prefill per prompt, a preallocated cache, the same sampling rules as generate().
             sampling["top_k"] = m.top_k
@@ -142,8 +137,10 @@ class GRPOModule(TrainableModule):
                                 suppress_token_ids=suppressed_token_ids(tok), **sampling)
         else:
             prompts = repeat_prompts(batch, m.num_generations)
+            # Explicit settings win over a hub config's defaults (Qwen2-VL: top_k 1, temperature 0.01;
+            # the 7B's repetition_penalty 1.05): completions come from the policy the loss scores.
             out = self.model.generate(**prompts, do_sample=True, max_new_tokens=self.max_new_tokens,
-                                      suppress_tokens=suppressed_token_ids(tok), **sampling)
+                                      suppress_tokens=suppressed_token_ids(tok), repetition_penalty=1.0, **sampling)
             out = out[:, prompts["input_ids"].shape[1]:]
         self.model.train(was_training)
         return out
@@ -171,7 +168,7 @@ class GRPOModule(TrainableModule):
         """Score sampled completions of a prompt micro-batch and prepare everything the loss needs."""
         m, tok = self.method, self.processor.tokenizer
         G = m.num_generations
-        mask = completion_mask(completion_ids, tok.eos_token_id)
+        mask = completion_mask(completion_ids, stop_token_ids(self.model, tok))
         shared = self.shares_prompts(batch)
         inputs = None
         if not shared:

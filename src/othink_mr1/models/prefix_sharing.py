@@ -138,10 +138,10 @@ def filter_logits(scores: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 @torch.no_grad()
 def sample_groups(model: torch.nn.Module, prompts: dict[str, torch.Tensor], group_size: int, max_new_tokens: int, *,
-                  eos_token_id: int, pad_token_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  eos_token_id: int | list[int], pad_token_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   suppress_token_ids: list[int] | tuple[int, ...] = (), min_new_tokens: int = 0) -> torch.Tensor:
     """Completion ids [prompts x group_size, C] sampled from `model`, C <= max_new_tokens; row i
-    continues prompt i // group_size; after a row's end-of-turn token come pad tokens."""
+    continues prompt i // group_size; a row ends at any of the `eos_token_id` ids, pad tokens follow."""
     G = group_size
     base = _unwrapped(model)
     inner, head = base.model, base.get_output_embeddings()
@@ -160,6 +160,8 @@ def sample_groups(model: torch.nn.Module, prompts: dict[str, torch.Tensor], grou
     # the row's delta (images take fewer positions than tokens), on all three axes.
     next_position = attention_mask.sum(dim=1, keepdim=True) + deltas.repeat_interleave(G, dim=0).to(attention_mask.device)
     suppress = torch.tensor(list(suppress_token_ids), dtype=torch.long, device=hidden.device)
+    stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), dtype=torch.long,
+                         device=hidden.device)
     unfinished = torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
     tokens = []
     for step in range(max_new_tokens):
@@ -167,12 +169,12 @@ def sample_groups(model: torch.nn.Module, prompts: dict[str, torch.Tensor], grou
         if suppress.numel():
             scores[:, suppress] = float("-inf")
         if step < min_new_tokens:
-            scores[:, eos_token_id] = float("-inf")
+            scores[:, stops] = float("-inf")
         scores = filter_logits(scores / temperature, top_k, top_p)
         next_tokens = torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(1)
         next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad_token_id))
         tokens.append(next_tokens)
-        unfinished &= next_tokens != eos_token_id
+        unfinished &= ~torch.isin(next_tokens, stops)
         if step == max_new_tokens - 1 or not bool(unfinished.any()):
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
