@@ -138,8 +138,9 @@ def filter_logits(scores: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 @torch.no_grad()
 def sample_groups(model: torch.nn.Module, prompts: dict[str, torch.Tensor], group_size: int, max_new_tokens: int, *,
-                  eos_token_id: int | list[int], pad_token_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  suppress_token_ids: list[int] | tuple[int, ...] = (), min_new_tokens: int = 0) -> torch.Tensor:
+                  eos_token_id: int | list[int], pad_token_id: int, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, suppress_token_ids: list[int] | tuple[int, ...] = (),
+                  min_new_tokens: int = 0) -> torch.Tensor:
     """Completion ids [prompts x group_size, C] sampled from `model`, C <= max_new_tokens; row i
     continues prompt i // group_size; a row ends at any of the `eos_token_id` ids, pad tokens follow."""
     G = group_size
