@@ -243,3 +243,32 @@ def test_a_folder_saved_in_the_old_project_layout_still_loads(tmp_path):
     assert json.loads((old / "processor_config.json").read_text())["processor_class"] == "ImageOnlyQwen2VLProcessor"
     assert not (old / "preprocessor_config.json").exists()
     assert_same_inputs(inputs(load_processor(str(old)), noise_image()), inputs(processor, noise_image()))
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_other_qwen_families_get_their_own_processor_class_and_the_same_preprocessing(family, tmp_path):
+    """Qwen2.5-VL and Qwen3-VL folders load their own processor class (no torchvision needed), save it
+    under the transformers name, and preprocess an image as the Qwen2-VL processor with the same settings."""
+    from transformers import AutoConfig
+
+    cfg = compose_config(["model=tiny"])
+    tiny = tiny_folder(cfg.model, CACHE)
+    folder = tmp_path / family
+    load_processor(str(tiny)).save_pretrained(folder)  # the tiny tokenizer, chat template and image settings
+    AutoConfig.for_model(family).save_pretrained(folder)
+    processor = load_processor(str(folder))
+    hub_class = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[family]
+    assert processor.hub_class == hub_class and getattr(processor, "video_processor", None) is None
+    got, want = inputs(processor, noise_image()), inputs(load_processor(str(tiny)), noise_image())
+    for key in ("pixel_values", "image_grid_thw"):
+        assert torch.equal(got[key], want[key]), key
+    processor.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "processor_config.json").read_text()) == {"processor_class": hub_class}
+
+
+def test_a_model_type_without_a_processor_here_is_a_clear_error(tmp_path):
+    from transformers import AutoConfig
+
+    AutoConfig.for_model("llava").save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="model_type 'llava' has no processor here"):
+        load_processor(str(tmp_path))

@@ -15,42 +15,39 @@ import os
 from pathlib import Path
 from typing import Any
 
-from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
 
 
-class HubLayoutMixin:
-    """`save_pretrained` writes the hub's layout under the real transformers class name (`hub_class`)."""
+class ImageOnlyMixin:
+    """A processor built without its video processor, whose `save_pretrained` writes the hub's layout
+    under the real transformers class name (`hub_class`)."""
 
     hub_class: str = ""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        kwargs.pop("video_processor", None)
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                         chat_template=chat_template, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> list[str]:
         return save_hub_layout(self, Path(save_directory))
 
 
-class ImageOnlyQwen2VLProcessor(HubLayoutMixin, Qwen2VLProcessor):
-    """Qwen2VLProcessor without a video processor; saved as a plain Qwen2VLProcessor."""
-
+class ImageOnlyQwen2VLProcessor(ImageOnlyMixin, Qwen2VLProcessor):
     hub_class = "Qwen2VLProcessor"
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        kwargs.pop("video_processor", None)
-        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                         chat_template=chat_template, **kwargs)
 
-
-class ImageOnlyQwen2_5_VLProcessor(HubLayoutMixin, Qwen2_5_VLProcessor):
-    """Qwen2_5_VLProcessor without a video processor; saved as a plain Qwen2_5_VLProcessor."""
-
+class ImageOnlyQwen2_5_VLProcessor(ImageOnlyMixin, Qwen2_5_VLProcessor):
     hub_class = "Qwen2_5_VLProcessor"
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        kwargs.pop("video_processor", None)
-        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                         chat_template=chat_template, **kwargs)
+
+class ImageOnlyQwen3VLProcessor(ImageOnlyMixin, Qwen3VLProcessor):
+    hub_class = "Qwen3VLProcessor"
 
 
 # config.json's model_type -> the processor used for it.
-PROCESSORS: dict[str, type] = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor}
+PROCESSORS: dict[str, type] = {"qwen2_vl": ImageOnlyQwen2VLProcessor, "qwen2_5_vl": ImageOnlyQwen2_5_VLProcessor,
+                               "qwen3_vl": ImageOnlyQwen3VLProcessor}
 
 
 def save_hub_layout(processor: Any, folder: Path) -> list[str]:
