@@ -129,3 +129,21 @@ def test_same_config_and_seed_give_identical_results(tmp_path, method):
         runs.append(results_without_clocks(run(cfg)))
     assert runs[0]["train"]["steps"] == 3 and runs[0]["after"]
     assert runs[0] == runs[1]
+
+
+def test_evaluating_before_and_during_training_leaves_the_training_draws_alone(tmp_path, varying_reward):
+    """A sweep cell (row zero off: the grid's base cell scores the start once) and the same run alone (row
+    zero on), or with in-training validation, sample the same completions: the same losses, rewards and
+    final scores. Evaluation never moves the RNG stream GRPO samples from."""
+    runs = []
+    for name, extra in (("alone", ["eval.row_zero=true"]), ("cell", ["eval.row_zero=false"]),
+                        ("validated", ["eval.row_zero=false", "eval.every_n_steps=1"])):
+        # A reward that differs between completions, so different draws would show in every logged value.
+        cfg = compose_config(["model=tiny_base", "method=grpo", "kl=grpo_d", "method.max_steps=3", *VARYING,
+                              "model.max_new_tokens_cap=16", "trainer.checkpoint_every_n_steps=null", *extra],
+                             output_dir=tmp_path / name)
+        result = run(cfg)
+        runs.append((result["after"], logged(Path(cfg.paths.run_dir), "train/loss"),
+                     logged(Path(cfg.paths.run_dir), "train/reward")))
+    assert len(runs[0][1]) == 3 and len(set(runs[0][2])) > 1  # the reward moved between steps
+    assert runs[0] == runs[1] == runs[2]

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from .collate import PromptCollator, SFTCollator
@@ -86,9 +87,12 @@ class VLMDataModule(pl.LightningDataModule):
         task = self.eval_tasks[name]
         collate = PromptCollator(self._require_processor(), task.eval_prompt or task.prompt, split=f"{name} test")
         split = self.eval_splits[name]
-        # Each rank scores its own shard (no padding repeats); the harness gathers them.
+        # Each rank scores its own shard (no padding repeats); the harness gathers them. The loader's own
+        # generator: a DataLoader without one draws its workers' base seed from the global torch RNG each
+        # time it is iterated, so an evaluation (row zero, in-training validation) would shift every
+        # sample GRPO draws afterwards and a run would train differently with eval.row_zero on or off.
         return DataLoader(split, batch_size=self.eval_batch_size, sampler=ShardSampler(len(split)),
-                          collate_fn=collate, num_workers=self.num_workers)
+                          collate_fn=collate, num_workers=self.num_workers, generator=torch.Generator())
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self.eval_dataloader(name) for name in self.eval_names]
