@@ -3,10 +3,11 @@ training time is spent, and every message names the config key at fault."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .budget import world_size
 from .data.synthetic.counting import CELL, MAX_OBJECTS
@@ -51,10 +52,6 @@ def eval_task_configs(cfg: DictConfig, overrides: list[str] | None = None) -> di
     the task `task` names, as in training, so that task must be scored and its `tasks.<name>.*`
     overrides must agree. `task.eval_tasks` picks the eval tasks (eval.tasks defaults to it) in both modes.
     """
-    import copy
-
-    from omegaconf import OmegaConf
-
     names = list(cfg.eval.tasks)
     train = cfg.mode == "train"
     own = cfg.task.name
