@@ -207,8 +207,16 @@ def test_a_lora_model_is_exported_merged_and_loads_in_plain_transformers(tmp_pat
 
 
 def test_image_backend_is_checked_before_anything_runs(monkeypatch):
-    with pytest.raises(ConfigError, match=r"model.image_backend='opencv': expected one of \['pil', 'torchvision'\]"):
-        check_config(compose_config(["model=tiny", "model.image_backend=opencv"]))
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as excinfo:  # an unknown name fails at composition
+        compose_config(["model=tiny", "model.image_backend=opencv"])
+    message = str(excinfo.value.__cause__)
+    assert "Invalid value 'opencv', expected one of [pil, torchvision]" in message
+    assert "full_key: model.image_backend" in message
+    # The factory's own check, for a backend name passed in code.
+    with pytest.raises(ModelError, match=r"model.image_backend='opencv': expected one of \['pil', 'torchvision'\]"):
+        factory.image_processor_class("Qwen2VLImageProcessor", "opencv")
     # torchvision where it does not import: a clear error, never a silent fallback to PIL.
     monkeypatch.setattr(factory, "torchvision_import_error", lambda: "ModuleNotFoundError: No module named 'torchvision'")
     with pytest.raises(ConfigError, match="model.image_backend=torchvision but torchvision does not import here"):

@@ -188,16 +188,15 @@ def test_r1v_counting_is_the_counting_regex():
 # ------------------------------------------------------------------------- config, records, summaries
 
 
-def test_unknown_protocol_fails_the_config_check_listing_the_valid_names(make_cfg):
-    from othink_mr1.checks import check_config
-    from othink_mr1.utils.errors import ConfigError
+def test_unknown_protocol_fails_at_composition_listing_the_valid_names(make_cfg):
+    from hydra.errors import ConfigCompositionException
 
-    with pytest.raises(ConfigError) as excinfo:
-        check_config(make_cfg("eval.protocol=exact"))
-    message = str(excinfo.value)
-    assert "eval.protocol='exact'" in message and "'r1v'" in message and "'normalized'" in message
+    with pytest.raises(ConfigCompositionException) as excinfo:
+        make_cfg("eval.protocol=exact")
+    message = str(excinfo.value.__cause__)
+    assert "Invalid value 'exact', expected one of [r1v, normalized]" in message and "full_key: eval.protocol" in message
     for protocol in PROTOCOLS:
-        check_config(make_cfg(f"eval.protocol={protocol}"))
+        assert make_cfg(f"eval.protocol={protocol}").eval.protocol == protocol
 
 
 def test_eval_protocol_defaults_to_r1v(make_cfg):

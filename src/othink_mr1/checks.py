@@ -17,7 +17,7 @@ from .methods.grpo_loss import AGGREGATIONS
 from .methods.kl_schedules import build_kl_schedule
 from .methods.schedules import LR_SCHEDULES
 from .rewards.functions import REWARDS
-from .rewards.scorers import PROTOCOLS, SCORERS
+from .rewards.scorers import SCORERS
 from .utils.errors import ConfigError
 
 METHODS = ("sft", "grpo")
@@ -217,8 +217,6 @@ def check_config(cfg: DictConfig, overrides: list[str] | None = None) -> dict[st
         check_task(task, "task" if name == cfg.task.name and cfg.mode == "train" else f"tasks.{name}")
     if cfg.eval.batch_size < 1:
         raise ConfigError(f"eval.batch_size={cfg.eval.batch_size}: must be at least 1")
-    if cfg.eval.protocol not in PROTOCOLS:
-        raise ConfigError(f"eval.protocol='{cfg.eval.protocol}': expected one of {list(PROTOCOLS)}")
     if cfg.data.on_bad_row not in ON_BAD_ROW:
         raise ConfigError(f"data.on_bad_row='{cfg.data.on_bad_row}': expected one of {list(ON_BAD_ROW)}")
     if not 0 <= cfg.data.max_bad_fraction <= 1:

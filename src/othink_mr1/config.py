@@ -9,10 +9,20 @@ any data is loaded or any model is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+from .rewards.scorers import PROTOCOLS  # pure Python: no torch at config time
+
+# Name sets checked when the config is composed: an unknown name fails there, and OmegaConf's message
+# names the key and lists the valid names. Members are strings (`cfg.eval.protocol == "r1v"`).
+ScoringProtocol = StrEnum("ScoringProtocol", {name: name for name in PROTOCOLS})
+# pil: transformers' PIL image processors (R1-V's preprocessing); torchvision: its torchvision ones.
+IMAGE_BACKENDS = ("pil", "torchvision")
+ImageBackend = StrEnum("ImageBackend", {name: name for name in IMAGE_BACKENDS})
 
 # --------------------------------------------------------------------------------------------- task
 
@@ -133,7 +143,7 @@ class ModelConfig:
     max_pixels: int = 401408
     # Which of transformers' image processors resizes and normalizes images: pil (R1-V's, the same on
     # every machine) | torchvision (fails the run where torchvision does not import; never a fallback).
-    image_backend: str = "pil"
+    image_backend: ImageBackend = ImageBackend.pil
     trust_remote_code: bool = False
     # Caps every task's max_new_tokens for models with a short context (the tiny ones).
     max_new_tokens_cap: Optional[int] = None
@@ -329,7 +339,7 @@ class EvalConfig:
     # How answers are judged (rewards.scorers.PROTOCOLS): r1v, R1-V's evaluation and the paper's (parse the
     # whole output with math-verify), or normalized (the normalising answer-span geometry scorer). GRPO's
     # accuracy reward pays the same protocol's verdict.
-    protocol: str = "r1v"
+    protocol: ScoringProtocol = ScoringProtocol.r1v
 
 
 @dataclass

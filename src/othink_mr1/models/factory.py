@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
+from ..config import IMAGE_BACKENDS  # model.image_backend: which image processor resizes and normalizes
 from ..data.synthetic import GENERATOR_VERSION
 
 # Bump when the tiny model, its tokenizer or its saved layout changes, so caches are rebuilt rather
@@ -26,8 +27,6 @@ class ModelError(ValueError):
     """A model config or checkpoint that cannot be loaded; the message names the key or path."""
 
 
-# model.image_backend: which of transformers' two image processors resizes and normalizes images.
-IMAGE_BACKENDS = ("pil", "torchvision")
 
 
 @functools.lru_cache(maxsize=None)
