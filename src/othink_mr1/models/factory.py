@@ -15,16 +15,13 @@ from omegaconf import OmegaConf
 
 from ..config import IMAGE_BACKENDS  # model.image_backend: which image processor resizes and normalizes
 from ..data.synthetic import GENERATOR_VERSION
+from ..utils.errors import ModelError
 
 # Bump when the tiny model, its tokenizer or its saved layout changes, so caches are rebuilt rather
 # than reused. 2: processor files in the hub's layout (processor_config.json names Qwen2VLProcessor).
 TINY_VERSION = 2
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelError(ValueError):
-    """A model config or checkpoint that cannot be loaded; the message names the key or path."""
 
 
 

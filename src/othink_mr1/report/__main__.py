@@ -16,15 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..utils.errors import ConfigError
 from .runs import RunResult, load_source
 from .tables import MixedProtocolsError, Table, build_tables
-
-
-def is_config_error(exc: BaseException) -> bool:
-    """A ConfigError, told without importing its module (which imports torch): one can only have been
-    raised once the module is loaded."""
-    errors = sys.modules.get("othink_mr1.utils.errors")
-    return errors is not None and isinstance(exc, errors.ConfigError)
 
 
 def default_out(source: str, group: str | None) -> Path:
@@ -66,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         runs = load_source(args.source, group=args.group, with_curves=not args.no_figures)
-    except ValueError as exc:
-        if not is_config_error(exc):
-            raise
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = args.out or default_out(args.source, args.group)

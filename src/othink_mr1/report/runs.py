@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-# The project's config and error modules are imported where used, not here: othink_mr1.utils.errors
-# pulls in the model factory and with it torch, which a report never needs.
+from ..config import run_identity
+from ..utils.errors import ConfigError
 
 # The metrics the figures draw, by their logged names.
 CURVE_METRICS = ("train/reward", "train/kl", "train/beta")
@@ -70,13 +70,6 @@ class RunResult:
         return self.cell or self.row
 
 
-def config_error(message: str) -> Exception:
-    """A ConfigError (one line from the CLI, exit status 2), its module imported only when raised."""
-    from ..utils.errors import ConfigError
-
-    return ConfigError(message)
-
-
 def _identity(payload: dict[str, Any]) -> dict[str, Any]:
     keys = ("run_name", "mode", "model", "sweep", "cell", "task", "method", "kl", "seed", "tag")
     out = {k: payload.get(k) for k in keys}
@@ -117,8 +110,6 @@ def read_run_dir(run_dir: Path, with_curves: bool = True) -> RunResult | None:
         if payload.get("mode") is None and config.exists():
             import yaml
 
-            from ..config import run_identity
-
             payload = {**run_identity(yaml.safe_load(config.read_text())), **payload}
         if payload.get("mode") is None:  # an error record from before identities were written
             payload = {**payload, "run_name": run_dir.name, "mode": "train", "model": "?"}
@@ -126,8 +117,6 @@ def read_run_dir(run_dir: Path, with_curves: bool = True) -> RunResult | None:
         result = RunResult(**_identity(payload), status="failed", error=payload.get("error"))
     elif config.exists():
         import yaml
-
-        from ..config import run_identity
 
         result = RunResult(**_identity(run_identity(yaml.safe_load(config.read_text()))), status="unfinished")
     else:
@@ -231,7 +220,7 @@ def load_wandb_offline(folder: Path, group: str | None = None) -> list[RunResult
         if result is not None:
             out.append(result)
     if not out:
-        raise config_error(f"{folder}: no wandb offline runs of this project"
+        raise ConfigError(f"{folder}: no wandb offline runs of this project"
                           + (f" in group {group!r}" if group else "") + " (looked for **/run-*.wandb)")
     return out
 
@@ -239,7 +228,7 @@ def load_wandb_offline(folder: Path, group: str | None = None) -> list[RunResult
 def load_wandb_api(path: str, group: str | None = None, api_factory: Callable[[], Any] | None = None) -> list[RunResult]:
     """Runs of ENTITY/PROJECT (optionally one group) through wandb.Api; `api_factory` is for tests."""
     if path.count("/") != 1:
-        raise config_error(f"wandb:{path}: expected wandb:ENTITY/PROJECT")
+        raise ConfigError(f"wandb:{path}: expected wandb:ENTITY/PROJECT")
     if api_factory is None:
         import wandb
 
@@ -254,7 +243,7 @@ def load_wandb_api(path: str, group: str | None = None, api_factory: Callable[[]
         if result is not None:
             out.append(result)
     if not out:
-        raise config_error(f"wandb:{path}: no runs of this project" + (f" in group {group!r}" if group else ""))
+        raise ConfigError(f"wandb:{path}: no runs of this project" + (f" in group {group!r}" if group else ""))
     return out
 
 
@@ -267,12 +256,12 @@ def load_source(source: str, group: str | None = None, with_curves: bool = True)
         return load_wandb_offline(Path(source[len("wandb-offline:"):]), group)
     path = Path(source)
     if not path.is_dir():
-        raise config_error(f"{source}: no such directory (expected a sweep directory, wandb-offline:PATH or "
+        raise ConfigError(f"{source}: no such directory (expected a sweep directory, wandb-offline:PATH or "
                           "wandb:ENTITY/PROJECT)")
     runs = load_run_dirs(path, with_curves)
     if runs:
         return [r for r in runs if group is None or r.sweep == group]
     if any(path.rglob("run-*.wandb")):
         return load_wandb_offline(path, group)
-    raise config_error(f"{source}: holds no run directories (results.json, error.json or config.yaml) and no "
+    raise ConfigError(f"{source}: holds no run directories (results.json, error.json or config.yaml) and no "
                       "wandb offline runs")

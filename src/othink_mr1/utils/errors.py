@@ -7,11 +7,14 @@ the config key, file, row or directory at fault.
 from __future__ import annotations
 
 from ..data.records import DataError
-from ..models.factory import ModelError
 
 
 class ConfigError(ValueError):
     """A composed config that is well-typed but inconsistent; the message names the key."""
+
+
+class ModelError(ValueError):
+    """A model config or checkpoint that cannot be loaded; the message names the key or path."""
 
 
 class RunExistsError(RuntimeError):
