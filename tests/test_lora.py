@@ -12,7 +12,7 @@ from conftest import compose_config
 
 from othink_mr1.methods.grpo import GRPOModule
 from othink_mr1.methods.kl_schedules import ConstantKL
-from othink_mr1.models.adapters import apply_freeze, apply_lora, lora_target_regex, trainable_counts
+from othink_mr1.models.adapters import ROLES, apply_freeze, apply_lora, trainable_counts
 from othink_mr1.models.factory import ModelError
 from othink_mr1.runner import build_module, run
 from test_grpo import VARYING, varying_reward  # noqa: F401 - the fixture is used by name
@@ -97,17 +97,34 @@ def test_a_lora_checkpoint_evaluates_the_same_after_reload(tmp_path):
     assert (run_dir / "model" / "adapter" / "adapter_config.json").exists()
 
 
-def test_lora_targets_and_bad_settings_are_named(tiny):
-    cfg = compose_config(["model=tiny", *LORA]).model.lora
-    pattern = lora_target_regex(cfg)
+def test_qwen2_vl_roles_are_what_the_name_patterns_gave(tiny):
+    """On Qwen2-VL the roles resolved from the structure select exactly what this project's name
+    patterns did before (stated here literally): the same LoRA-wrapped modules, the same frozen
+    parameters."""
     import re
 
-    assert re.fullmatch(pattern, "model.language_model.layers.3.self_attn.q_proj")
-    assert not re.fullmatch(pattern, "model.visual.blocks.0.attn.qkv")
-    with_vision = compose_config(["model=tiny", *LORA, "model.lora.vision_tower=true"]).model.lora
-    assert re.fullmatch(lora_target_regex(with_vision), "model.visual.blocks.0.attn.qkv")
-    with pytest.raises(ModelError, match=r"model.lora.target_modules=\['nope'\]: matched no layer"):
-        apply_lora(copy.deepcopy(tiny[0]), compose_config(["model=tiny", *LORA, "model.lora.target_modules=[nope]"]).model.lora)
+    lm = r".*language_model\.layers\.\d+\.(self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    vision = r".*visual\.blocks\.\d+\.(attn|mlp)\.(qkv|proj|fc1|fc2)"
+    parts = {"vision_tower": r"(^|\.)visual\.(?!merger\.)", "merger": r"(^|\.)visual\.merger\.",
+             "language_model": r"(^|\.)(language_model\.|lm_head\.)"}
+    modules = [name for name, _ in tiny[0].named_modules()]
+    for overrides, pattern in (([], lm), (["model.lora.vision_tower=true"], f"(?:{lm})|(?:{vision})")):
+        model = apply_lora(copy.deepcopy(tiny[0]), compose_config(["model=tiny", *LORA, *overrides]).model.lora)
+        adapted = {n.replace("base_model.model.", "", 1) for n, m in model.named_modules()
+                   if hasattr(m, "lora_A") and hasattr(m, "base_layer")}
+        assert adapted and adapted == {n for n in modules if re.fullmatch(pattern, n)}, overrides
+    for role in ROLES:
+        model = copy.deepcopy(tiny[0])
+        apply_freeze(model, compose_config(["model=tiny", f"model.freeze.{role}=true"]).model.freeze)
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        assert frozen and frozen == {n for n, _ in model.named_parameters() if re.search(parts[role], n)}, role
+
+
+def test_bad_lora_settings_are_named(tiny):
+    bad = compose_config(["model=tiny", *LORA, "model.lora.target_modules=[nope]"]).model.lora
+    with pytest.raises(ModelError, match=r"model.lora.target_modules: 'nope' names no linear layer of the language "
+                                         r"model of Qwen2VLForConditionalGeneration \(its linear layers: down_proj, "):
+        apply_lora(copy.deepcopy(tiny[0]), bad)
     with pytest.raises(ModelError, match="model.lora.enabled=true with model.freeze.vision_tower=true"):
         run(compose_config(["model=tiny", *LORA, "model.freeze.vision_tower=true"]))
 

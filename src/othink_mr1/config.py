@@ -114,20 +114,22 @@ class LoraConfig:
     rank: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    # Linear layers of the language model that get adapters (names inside each decoder layer).
+    # Linear layers of the language model that get adapters, by the last part of their name; a name
+    # that is no linear layer of the loaded model's language model is an error.
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    # false: the vision tower stays frozen (R1-V's LoRA); true: its attention and MLP layers get
-    # adapters too.
+    # false: the vision tower stays frozen (R1-V's LoRA); true: every linear layer of its blocks
+    # (attention and MLP, whatever the family names them) gets adapters too.
     vision_tower: bool = False
 
 
 @dataclass
 class FreezeConfig:
-    """Parts of a full fine-tuning run that stay fixed (not in the optimizer, no gradients)."""
+    """Parts of a full fine-tuning run that stay fixed (not in the optimizer, no gradients), found from
+    the loaded model's structure (models/adapters.py); a part this model lacks is an error."""
 
-    vision_tower: bool = False  # the ViT blocks and patch embedding
-    merger: bool = False  # the projector from vision features to the language model
+    vision_tower: bool = False  # the vision encoder: patch embedding, blocks, norms
+    merger: bool = False  # the projector into the language model (and e.g. LLaVA-OneVision's image_newline)
     language_model: bool = False  # decoder layers, embeddings and the output head
 
 
