@@ -66,6 +66,15 @@ def compose_config(overrides: list[str] | None = None, output_dir: Path | None =
     return cfg
 
 
+def family_folder(family: str) -> Path:
+    """A tiny random-weight model of `family` (models/tiny_families.py) saved as a hub folder, built once
+    per checkout into the shared cache."""
+    from othink_mr1.models.factory import cached_build
+    from othink_mr1.models.tiny_families import FAMILIES_VERSION, build_tiny_family
+
+    return cached_build(CACHE / "models" / f"tiny-{family}-v{FAMILIES_VERSION}", lambda tmp: build_tiny_family(family, tmp))
+
+
 def task_config(**kwargs) -> DictConfig:
     """A task node (schema-checked) for loader tests: an R1-V counting task unless `kwargs` say otherwise."""
     from omegaconf import OmegaConf

@@ -140,6 +140,29 @@ def test_real_models_load_from_hub_ids_with_r1v_pixels():
         assert (model.min_pixels, model.max_pixels) == (3136, 401408)
 
 
+def test_every_family_preset_composes_with_its_hub_id_and_the_folders_image_settings():
+    """The non-Qwen presets keep their checkpoint's own image settings (no pixel budget: their
+    processors have none); model=pretrained names the run after the checkpoint."""
+    expected = {
+        "qwen2_5_vl_7b_instruct": ("Qwen/Qwen2.5-VL-7B-Instruct", 401408),
+        "qwen3_vl_2b_instruct": ("Qwen/Qwen3-VL-2B-Instruct", 401408),
+        "smolvlm_256m_instruct": ("HuggingFaceTB/SmolVLM-256M-Instruct", None),
+        "llava_1_5_7b": ("llava-hf/llava-1.5-7b-hf", None),
+        "llava_onevision_0_5b": ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", None),
+        "gemma3_4b_it": ("google/gemma-3-4b-it", None),
+    }
+    for name, (hub_id, max_pixels) in expected.items():
+        model = compose_config([f"model={name}"], shrink=False).model
+        assert (model.name, model.source, model.path, model.max_pixels) == (name, "pretrained", hub_id, max_pixels)
+        assert model.image_processor == {}
+    cfg = compose_config(["model=pretrained", "model.path=HuggingFaceTB/SmolVLM-256M-Instruct"], shrink=False)
+    assert cfg.model.name == "SmolVLM-256M-Instruct" and "SmolVLM-256M-Instruct" in cfg.run_name
+    cfg = compose_config(["model=pretrained", "model.path=/data/models/my-vlm/", "+model.image_processor.size.longest_edge=728"])
+    assert cfg.model.name == "my-vlm" and cfg.model.image_processor == {"size": {"longest_edge": 728}}
+    with pytest.raises(ConfigError, match="model.path is required with model=pretrained"):
+        check_config(compose_config(["model=pretrained"]))
+
+
 def test_one_prompt_per_task_shared_by_training_and_eval():
     cfg = compose_config([], shrink=False)
     for name, task in cfg.tasks.items():
@@ -164,7 +187,7 @@ def test_semantic_checks_name_the_key(tmp_path):
 def _golden_view(name: str) -> dict:
     """The composed experiment without machine-specific paths."""
     cfg = compose_config([f"experiment={name}"], output_dir=Path("/outputs"), shrink=False)
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # StrEnum fields as their names
     plain.pop("paths")
     for task in [plain["task"], *plain["tasks"].values()]:
         for key in ("test_jsonl", "image_root"):

@@ -4,6 +4,7 @@ this project (the hub's layout)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,11 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CACHE, compose_config
+from conftest import CACHE, compose_config, family_folder
 
 from othink_mr1.models import factory
 from othink_mr1.models.export import export_model
 from othink_mr1.models.factory import ModelError, load_checkpoint_weights, load_model, load_processor, tiny_folder
+from othink_mr1.models.tiny_families import FAMILIES
 from othink_mr1.runner import check_config, run
 from othink_mr1.utils.errors import ConfigError
 
@@ -253,30 +255,35 @@ def test_a_folder_saved_in_the_old_project_layout_still_loads(tmp_path):
     assert_same_inputs(inputs(load_processor(str(old)), noise_image()), inputs(processor, noise_image()))
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
-def test_other_qwen_families_get_their_own_processor_class_and_the_same_preprocessing(family, tmp_path):
-    """Qwen2.5-VL and Qwen3-VL folders load their own processor class (no torchvision needed), save it
-    under the transformers name, and preprocess an image as the Qwen2-VL processor with the same settings."""
-    from transformers import AutoConfig
-
-    cfg = compose_config(["model=tiny"])
-    tiny = tiny_folder(cfg.model, CACHE)
-    folder = tmp_path / family
-    load_processor(str(tiny)).save_pretrained(folder)  # the tiny tokenizer, chat template and image settings
-    AutoConfig.for_model(family).save_pretrained(folder)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_gets_its_own_processor_class_and_saves_the_hub_layout(family, tmp_path):
+    """Each family's folder loads its own transformers processor class (no torchvision, no video
+    processor), with the folder's settings; saved again, plain transformers' class and settings are
+    named, and the reloaded processor turns an image and a prompt into the same tensors."""
+    folder = family_folder(family)
     processor = load_processor(str(folder))
-    hub_class = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}[family]
-    assert processor.hub_class == hub_class and getattr(processor, "video_processor", None) is None
-    got, want = inputs(processor, noise_image()), inputs(load_processor(str(tiny)), noise_image())
-    for key in ("pixel_values", "image_grid_thw"):
-        assert torch.equal(got[key], want[key]), key
+    saved = json.loads((folder / "processor_config.json").read_text())
+    assert processor.hub_class == saved["processor_class"] and getattr(processor, "video_processor", None) is None
     processor.save_pretrained(tmp_path / "saved")
-    assert json.loads((tmp_path / "saved" / "processor_config.json").read_text()) == {"processor_class": hub_class}
+    resaved = json.loads((tmp_path / "saved" / "processor_config.json").read_text())
+    assert saved.items() <= resaved.items()  # every setting kept (defaults such as image_token written out)
+    shutil.copy(folder / "config.json", tmp_path / "saved")
+    again = load_processor(str(tmp_path / "saved"))
+    got, want = inputs(again, noise_image()), inputs(processor, noise_image())
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
 
 
-def test_a_model_type_without_a_processor_here_is_a_clear_error(tmp_path):
+def test_a_folder_that_is_not_an_image_text_model_is_a_clear_error(tmp_path):
     from transformers import AutoConfig
 
-    AutoConfig.for_model("llava").save_pretrained(tmp_path)
-    with pytest.raises(ModelError, match="model_type 'llava' has no processor here"):
+    AutoConfig.for_model("bert").save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="model_type 'bert' is not an image-text model"):
         load_processor(str(tmp_path))
+
+
+def test_a_processor_without_an_image_processor_is_a_clear_error(tmp_path):
+    folder = tmp_path / "no_image_processor"
+    shutil.copytree(family_folder("llava"), folder)
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(ModelError, match="has no image processor"):
+        load_processor(str(folder))

@@ -209,6 +209,9 @@ def check_config(cfg: DictConfig, overrides: list[str] | None = None) -> dict[st
         raise ConfigError(f"mode='{cfg.mode}': expected train or eval")
     if cfg.model.source not in MODEL_SOURCES:
         raise ConfigError(f"model.source='{cfg.model.source}': expected one of {list(MODEL_SOURCES)}")
+    if cfg.model.source == "pretrained" and not cfg.model.path:
+        raise ConfigError("model.path is required with model=pretrained (a hub id such as "
+                          "HuggingFaceTB/SmolVLM-256M-Instruct, or a local model folder)")
     check_image_backend(cfg.model)
     eval_tasks = eval_task_configs(cfg, overrides)
     if not eval_tasks:

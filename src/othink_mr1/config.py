@@ -141,8 +141,12 @@ class ModelConfig:
     path: Optional[str] = None
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
-    min_pixels: int = 3136
-    max_pixels: int = 401408
+    # Image settings on top of the folder's own (None keeps the folder's): pixel budgets for processors
+    # that resize to a pixel count (the Qwen families; R1-V: 3136..401408), any other image processor
+    # setting by name (`model.image_processor.size.longest_edge=728`, `...do_image_splitting=false`).
+    min_pixels: Optional[int] = None
+    max_pixels: Optional[int] = None
+    image_processor: dict[str, Any] = field(default_factory=dict)
     # Which of transformers' image processors resizes and normalizes images: pil (R1-V's, the same on
     # every machine) | torchvision (fails the run where torchvision does not import; never a fallback).
     image_backend: ImageBackend = ImageBackend.pil
@@ -445,7 +449,13 @@ def _ckpt_tag(value: Any) -> str:
     return f"_{p.stem if p.suffix else p.name}"
 
 
+def _path_name(value: Any) -> str:
+    """A model's label from its hub id or folder: the last path component (Qwen/Qwen2-VL-2B-Instruct ->
+    Qwen2-VL-2B-Instruct), so run names say which model ran without holding a path."""
+    return str(value).rstrip("/").replace("\\", "/").rsplit("/", 1)[-1] if value not in (None, "") else "pretrained"
+
+
 def _register_resolvers() -> None:
-    for name, fn in (("suffix", _suffix), ("ckpt_tag", _ckpt_tag), ("method_tag", method_tag)):
+    for name, fn in (("suffix", _suffix), ("ckpt_tag", _ckpt_tag), ("method_tag", method_tag), ("path_name", _path_name)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -24,27 +24,34 @@ class PreflightError(ConfigError):
 
 
 def processor_settings(processor: Any) -> dict[str, Any]:
-    """What decides how an image and a prompt become tokens."""
+    """What decides how an image and a prompt become tokens: every image processor setting, the
+    processor's own settings (Idefics3's image_seq_len, ...) and the chat template."""
+    from .models.processing import constructor_settings, has_pixel_budget
+
     ip = processor.image_processor
     size = dict(getattr(ip, "size", None) or {})
     template = getattr(processor, "chat_template", None) or ""
+    settings = {f"image_processor.{k}": v for k, v in sorted(ip.to_dict().items()) if k != "image_processor_type"}
+    settings.update({f"processor.{k}": v for k, v in sorted(constructor_settings(processor).items())})
+    budget = has_pixel_budget(ip)
     return {
-        "min_pixels": size.get("shortest_edge", getattr(ip, "min_pixels", None)),
-        "max_pixels": size.get("longest_edge", getattr(ip, "max_pixels", None)),
+        "min_pixels": size.get("shortest_edge") if budget else None,
+        "max_pixels": size.get("longest_edge") if budget else None,
         "patch_size": getattr(ip, "patch_size", None),
         "merge_size": getattr(ip, "merge_size", None),
         "temporal_patch_size": getattr(ip, "temporal_patch_size", None),
         "chat_template": hashlib.sha256(template.encode()).hexdigest()[:12] if template else None,
+        **settings,
     }
 
 
 def check_processors(model_cfg: Any, model: torch.nn.Module, train_processor: Any, eval_processors: dict[str, Any]) -> None:
     reference = processor_settings(train_processor)
     for key in ("min_pixels", "max_pixels"):
-        if reference[key] != model_cfg[key]:
+        if model_cfg[key] is not None and reference[key] != model_cfg[key]:
             raise PreflightError(f"preflight: model.{key}={model_cfg[key]} but the processor uses {key}={reference[key]}")
     vision = getattr(model.config, "vision_config", None)
-    if vision is not None:
+    if vision is not None and reference["merge_size"] is not None:  # the Qwen families' patch geometry
         expected = {"patch_size": getattr(vision, "patch_size", None),
                     "merge_size": getattr(vision, "spatial_merge_size", None),
                     "temporal_patch_size": getattr(vision, "temporal_patch_size", None)}
@@ -54,7 +61,9 @@ def check_processors(model_cfg: Any, model: torch.nn.Module, train_processor: An
                                      f"{value}: processor and weights come from different models")
     for name, processor in eval_processors.items():
         settings = processor_settings(processor)
-        differences = [f"{k}={settings[k]!r} (training: {reference[k]!r})" for k in reference if settings[k] != reference[k]]
+        keys = list(dict.fromkeys([*reference, *settings]))
+        differences = [f"{k}={settings.get(k)!r} (training: {reference.get(k)!r})" for k in keys
+                       if settings.get(k) != reference.get(k)]
         if differences:
             raise PreflightError(f"preflight: evaluation on '{name}' would use {', '.join(differences)}; training and "
                                  "evaluation must turn images and prompts into tokens the same way")

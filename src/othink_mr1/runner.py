@@ -247,12 +247,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
 
 def load_weights(cfg: DictConfig) -> tuple[Any, Any]:
     """The model to train or score: `model.*`, or in eval mode a `ckpt=` (.ckpt file or saved folder)."""
-    from .models.factory import load_checkpoint_weights, load_local, load_model
+    from .models.factory import load_checkpoint_weights, load_kwargs, load_local, load_model
 
     m = cfg.model
     if cfg.ckpt and Path(cfg.ckpt).is_dir():
-        model, processor = load_local(cfg.ckpt, dtype=m.dtype, attn_implementation=m.attn_implementation,
-                                      min_pixels=m.min_pixels, max_pixels=m.max_pixels, image_backend=m.image_backend)
+        model, processor = load_local(cfg.ckpt, **load_kwargs(m))
     else:
         model, processor = load_model(m, cfg.paths.cache_dir)
         if cfg.ckpt:

@@ -102,11 +102,12 @@ def tiny_base_folder(model_cfg: Any, cache_dir: str | Path) -> Path:
 
 
 def load_local(folder: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa",
-               min_pixels: int | None = None, max_pixels: int | None = None, image_backend: str = "pil") -> tuple[Any, Any]:
+               min_pixels: int | None = None, max_pixels: int | None = None, image_backend: str = "pil",
+               image_settings: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """A saved model folder (tiny, tiny_base, an exported run or a hub id) with its processor."""
     from transformers import AutoModelForImageTextToText
 
-    processor = load_processor(str(folder), image_backend, min_pixels, max_pixels)
+    processor = load_processor(str(folder), image_backend, min_pixels, max_pixels, image_settings)
     model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=DTYPES[dtype],
                                                         attn_implementation=attn_implementation)
     return model, processor
@@ -128,39 +129,71 @@ def image_processor_class(base_name: str, backend: str) -> type:
     return cls
 
 
+def processor_class(path: str, model_type: str) -> type:
+    """The transformers processor class of a folder: the one its processor_config.json (or tokenizer
+    config) names, else the one transformers maps its model_type to. Exports written before the hub
+    layout name ImageOnly<Class>: that is <Class>."""
+    import transformers
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    named = None
+    for file in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        candidate = Path(path) / file
+        if candidate.is_file():
+            named = json.loads(candidate.read_text(encoding="utf-8")).get("processor_class")
+            if named:
+                break
+    if not named and not Path(path).is_dir():
+        from transformers.processing_utils import ProcessorMixin
+
+        named = ProcessorMixin.get_processor_dict(path)[0].get("processor_class")
+    named = (named or PROCESSOR_MAPPING_NAMES.get(model_type) or "").removeprefix("ImageOnly")
+    cls = getattr(transformers, named, None) if named else None
+    if not isinstance(cls, type):
+        raise ModelError(f"model '{path}': model_type '{model_type}' has no transformers processor "
+                         f"({named or 'none named'}); an image-text model needs one")
+    return cls
+
+
 def load_processor(path: str, image_backend: str = "pil", min_pixels: int | None = None,
-                   max_pixels: int | None = None) -> Any:
-    """The folder's processor, built from its parts: its tokenizer, its chat template and its image
-    settings read into the `image_backend` image processor, in the model's image-only processor class.
-    Nothing here depends on whether torchvision is installed unless `image_backend` is torchvision."""
+                   max_pixels: int | None = None, image_settings: dict[str, Any] | None = None) -> Any:
+    """The folder's processor, built from its parts: its tokenizer, its chat template, its own settings
+    and its image settings read into the `image_backend` image processor, in the model's transformers
+    processor class without a video processor. Any family transformers' AutoModelForImageTextToText
+    loads; nothing here depends on whether torchvision is installed unless `image_backend` is
+    torchvision. The run's image settings (`min_pixels`, `max_pixels`, `image_settings`) go on top of
+    the folder's (processing.apply_image_settings)."""
     from transformers import AutoConfig, AutoTokenizer
     from transformers.image_processing_base import ImageProcessingMixin
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    from .processing import PROCESSORS
+    from .processing import apply_image_settings, image_only_class, settings_for
 
     model_type = AutoConfig.from_pretrained(path).model_type
-    if model_type not in PROCESSORS:
-        raise ModelError(f"model '{path}': model_type '{model_type}' has no processor here; supported: {sorted(PROCESSORS)}")
-    processor_cls = PROCESSORS[model_type]
-    settings, _ = ImageProcessingMixin.get_image_processor_dict(path)
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise ModelError(f"model '{path}': model_type '{model_type}' is not an image-text model (transformers' "
+                         "AutoModelForImageTextToText does not load it); model.path needs a vision-language checkpoint")
+    base_cls = processor_class(path, model_type)
+    try:
+        settings, _ = ImageProcessingMixin.get_image_processor_dict(path)
+    except OSError:
+        settings = {}
     family = settings.get("image_processor_type") or ""
     for suffix in ("Fast", "Pil"):
         family = family.removesuffix(suffix)
     if not family:
-        raise ModelError(f"model '{path}': its image processor config names no image_processor_type")
+        raise ModelError(f"model '{path}': its processor has no image processor (no preprocessor_config.json "
+                         "naming an image_processor_type)")
     image_processor = image_processor_class(family, image_backend).from_pretrained(path)
+    try:
+        apply_image_settings(image_processor, min_pixels, max_pixels, image_settings, f"model '{path}'")
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
     tokenizer = AutoTokenizer.from_pretrained(path)
-    processor_dict, _ = processor_cls.get_processor_dict(path)
+    processor_dict, _ = base_cls.get_processor_dict(path)
     chat_template = processor_dict.get("chat_template") or tokenizer.chat_template
-    processor = processor_cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
-    # The image budget belongs to the model config (R1-V: max_pixels 401408), not to the folder.
-    size = dict(processor.image_processor.size)
-    if min_pixels is not None:
-        size["shortest_edge"] = min_pixels
-    if max_pixels is not None:
-        size["longest_edge"] = max_pixels
-    processor.image_processor.size = size
-    return processor
+    return image_only_class(base_cls)(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template,
+                                      **settings_for(base_cls, processor_dict))
 
 
 def processor_info(processor: Any) -> dict[str, str]:
@@ -174,12 +207,19 @@ def processor_info(processor: Any) -> dict[str, str]:
             "processor": type(processor).__name__}
 
 
+def load_kwargs(model_cfg: Any) -> dict[str, Any]:
+    """`load_local`'s settings from `model.*`: dtype, attention, image backend and image settings."""
+    settings = model_cfg.get("image_processor") or None
+    return dict(dtype=model_cfg.dtype, attn_implementation=model_cfg.attn_implementation,
+                min_pixels=model_cfg.min_pixels, max_pixels=model_cfg.max_pixels, image_backend=model_cfg.image_backend,
+                image_settings=OmegaConf.to_container(settings) if OmegaConf.is_config(settings) else settings)
+
+
 def load_model(model_cfg: Any, cache_dir: str | Path) -> tuple[Any, Any]:
     """(model, processor) for `model_cfg`; tiny models come from (and are built into) the cache."""
     if model_cfg.dtype not in DTYPES:
         raise ModelError(f"model.dtype='{model_cfg.dtype}': expected one of {list(DTYPES)}")
-    kwargs = dict(dtype=model_cfg.dtype, attn_implementation=model_cfg.attn_implementation,
-                  min_pixels=model_cfg.min_pixels, max_pixels=model_cfg.max_pixels, image_backend=model_cfg.image_backend)
+    kwargs = load_kwargs(model_cfg)
     if model_cfg.source == "tiny":
         return load_local(tiny_folder(model_cfg, cache_dir), **kwargs)
     if model_cfg.source == "tiny_base":

@@ -13,11 +13,11 @@ import random
 from typing import Any, Iterator
 
 import torch
-from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from ..data.synthetic import counting, generate_records, geometry
-from .processing import ImageOnlyQwen2VLProcessor
+from .processing import image_only_class
 
 # Qwen2's special tokens, in Qwen2's order (ids 0..13 here, 151643.. in the real vocabulary).
 SPECIAL_TOKENS = (
@@ -99,9 +99,9 @@ def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast, min_pixels: int, max_pixels: int) -> ImageOnlyQwen2VLProcessor:
+def build_processor(tokenizer: PreTrainedTokenizerFast, min_pixels: int, max_pixels: int) -> Any:
     image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": min_pixels, "longest_edge": max_pixels})
-    return ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+    return image_only_class(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
 def build_model(arch: Any, tokenizer: PreTrainedTokenizerFast) -> Qwen2VLForConditionalGeneration:
