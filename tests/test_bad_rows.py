@@ -143,7 +143,7 @@ def test_skip_on_a_saved_train_split_keeps_the_good_rows_in_order(tmp_path):
     assert "aspect ratio" in reasons[26]
     # What is kept decodes: the loader never meets a skipped row.
     split = TaskSplit(task_config(), "train", ds)
-    assert [split[i].image.size for i in range(len(split))] == [(16, 16)] * len(split)
+    assert [split[i].images[0].size for i in range(len(split))] == [(16, 16)] * len(split)
     # The default stops at the first, named by its row.
     with pytest.raises(DataError, match=r"\(train split\), row 3: field 'problem' is empty"):
         load_split(task_config(train_source=str(folder)), "train", str(tmp_path / "c"))

@@ -16,7 +16,7 @@ from othink_mr1.evaluation.harness import (EvalAccumulator, EvalSpec, format_tab
 
 def test_generate_is_greedy_and_counts_tokens_up_to_the_end_of_turn(tiny):
     model, processor = tiny
-    examples = [Example(image=Image.new("RGB", (112, 112), c), question=q, answer="3", target="", index=i)
+    examples = [Example(images=[Image.new("RGB", (112, 112), c)], question=q, answer="3", target="", index=i)
                 for i, (c, q) in enumerate([("red", "How many?"), ("blue", "How many items are there in the image?")])]
     batch = PromptCollator(processor, "{question}")(examples)
     texts, lengths = generate(model.eval(), processor.tokenizer, batch, max_new_tokens=6)
@@ -45,7 +45,7 @@ def test_generation_stops_at_every_eos_id_of_the_generation_config(tiny):
     model.generation_config.eos_token_id = endoftext  # an int, and the tokenizer's eos still counts
     assert stop_token_ids(model, tok) == [endoftext, im_end]
     model.generation_config.eos_token_id = [im_end, endoftext]
-    examples = [Example(image=Image.new("RGB", (112, 112), c), question=q, answer="3", target="", index=i)
+    examples = [Example(images=[Image.new("RGB", (112, 112), c)], question=q, answer="3", target="", index=i)
                 for i, (c, q) in enumerate([("red", "How many?"), ("blue", "How many items are there in the image?"),
                                             ("green", "Count them.")])]
     batch = PromptCollator(processor, "{question}")(examples)

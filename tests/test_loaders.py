@@ -249,8 +249,8 @@ def _assert_train_rows(ds, n: int) -> None:
     examples = TaskSplit(task_config(), "train", ds)
     for i in range(n):
         ex = examples[i]
-        assert ex.image.mode == "RGB" and ex.image.size == (8, 8)
-        assert ex.image.getpixel((3, 3)) == _colour(i)
+        assert [im.size for im in ex.images] == [(8, 8)] and ex.images[0].mode == "RGB"
+        assert ex.images[0].getpixel((3, 3)) == _colour(i)
 
 
 def test_load_train_source_reads_a_save_to_disk_folder(tmp_path):
@@ -481,7 +481,7 @@ def test_task_split_train_examples(tmp_path):
     assert [ex.target for ex in examples] == rows["solution"]
     assert [ex.question for ex in examples] == rows["problem"]
     assert [ex.index for ex in examples] == [0, 1, 2]
-    assert all(ex.image.mode == "RGB" for ex in examples)
+    assert all(len(ex.images) == 1 and ex.images[0].mode == "RGB" for ex in examples)
 
 
 def test_task_split_thinking_column_makes_think_targets(tmp_path):
@@ -507,7 +507,7 @@ def test_task_split_test_examples_from_jsonl(tmp_path, image_roots):
     assert ex.answer == "140°"
     assert ex.target == "<answer> 140° </answer>"
     assert ex.question == _records(name)[0]["question"]
-    assert ex.image.mode == "RGB" and ex.image.size == (8, 8)
+    assert [im.size for im in ex.images] == [(8, 8)] and ex.images[0].mode == "RGB"
 
 
 def test_synthetic_task_split_through_load_split(tmp_path):
@@ -519,7 +519,7 @@ def test_synthetic_task_split_through_load_split(tmp_path):
     for i in range(5):
         item = counting.make_item("train", i, 0, 112, render=False)
         assert train[i].target == item["solution"] and train[i].answer == item["solution"].split()[1]
-        assert train[i].image.size == (112, 112)
+        assert [im.size for im in train[i].images] == [(112, 112)]
     for i in range(4):
         assert test[i].answer == str(counting.make_item("test", i, 0, 112, render=False)["ground_truth"])
     assert (tmp_path / "datasets").is_dir()
@@ -532,7 +532,7 @@ def _examples(targets: list[str], questions: list[str] | None = None) -> list[Ex
     out = []
     for i, target in enumerate(targets):
         item = counting.make_item("train", i, 0, 112)
-        out.append(Example(image=item["image"], question=questions[i] if questions else item["problem"],
+        out.append(Example(images=[item["image"]], question=questions[i] if questions else item["problem"],
                            answer=str(i), target=target, index=i))
     return out
 
@@ -604,7 +604,7 @@ def test_prompt_collator_left_pads_and_carries_meta(processor):
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8]] * 3
     assert batch["pixel_values"].shape[0] == 3 * 8 * 8
     assert (ids == _image_pad_id(processor)).sum(1).tolist() == [16, 16, 16]
-    assert batch["meta"] == {"questions": questions, "answers": ["0", "1", "2"], "indices": [0, 1, 2]}
+    assert batch["meta"] == {"questions": questions, "answers": ["0", "1", "2"], "indices": [0, 1, 2], "image_counts": [1, 1, 1]}
     tok = processor.tokenizer
     for row, question in enumerate(questions):
         text = tok.decode(ids[row][mask[row] == 1], skip_special_tokens=False)

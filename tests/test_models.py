@@ -38,7 +38,7 @@ def test_chat_template_is_qwen2_vl_format(tiny):
 
 def test_processor_gives_16_visual_tokens_for_a_112px_image(tiny):
     _, processor = tiny
-    example = Example(image=Image.new("RGB", (112, 112), "white"), question="q", answer="1", target="", index=0)
+    example = Example(images=[Image.new("RGB", (112, 112), "white")], question="q", answer="1", target="", index=0)
     batch = PromptCollator(processor, "{question}")([example])
     assert batch["image_grid_thw"].tolist() == [[1, 8, 8]]
     assert batch["pixel_values"].shape == (64, 1176)  # 8x8 patches of 2x14x14x3
@@ -62,7 +62,7 @@ def test_saved_tiny_reloads_with_identical_logits(tiny):
     model, processor = tiny
     cfg = compose_config(["model=tiny"]).model
     reloaded, reloaded_processor = load_local(tiny_folder(cfg, CACHE))
-    example = Example(image=Image.new("RGB", (112, 112), "red"), question="How many items?", answer="1", target="", index=0)
+    example = Example(images=[Image.new("RGB", (112, 112), "red")], question="How many items?", answer="1", target="", index=0)
     batch = PromptCollator(processor, "{question}")([example])
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     with torch.no_grad():

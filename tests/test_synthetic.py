@@ -372,3 +372,62 @@ def test_synthetic_split_cache_key_covers_every_argument(tmp_path):
     assert len(list((tmp_path / "datasets").iterdir())) == 3
     assert small[0]["image"].size == (140, 140)
     assert set(small.column_names) == {"image", "problem", "solution"}
+
+
+# ---------------------------------------------------------------------------------- counting_multi
+
+
+@pytest.mark.parametrize("split,style", [("train", TRAIN_STYLE), ("test", TEST_STYLE)])
+def test_counting_multi_answer_is_the_total_of_the_objects_in_its_images(split, style):
+    from othink_mr1.data.synthetic import counting_multi
+
+    for index in range(12):
+        item = counting_multi.make_item(split, index, 0, IMAGE_SIZE)
+        images = item["images"]
+        assert len(images) == 1 + index % 2  # one and two scenes alternate, so every batch mixes them
+        assert all(im.size == (IMAGE_SIZE, IMAGE_SIZE) and im.mode == "RGB" for im in images)
+        counts = [len(_objects(im, style.background)) for im in images]
+        assert all(MIN_OBJECTS <= c <= MAX_OBJECTS for c in counts)
+        if split == "test":
+            assert set(item) == {"images", "question", "ground_truth"}
+            assert item["ground_truth"] == sum(counts)
+            assert item["question"] in counting_multi.TEST_QUESTIONS[len(images)]
+        else:
+            assert set(item) == {"images", "problem", "solution", "thinking"}
+            assert item["solution"] == f"<answer> {sum(counts)} </answer>"
+            assert item["problem"] in counting_multi.TRAIN_QUESTIONS[len(images)]
+            assert item["thinking"].endswith(f"{sum(counts)} objects.")
+            if len(counts) == 2:
+                assert f"{counts[0]} + {counts[1]} = {sum(counts)}" in item["thinking"]
+        again = counting_multi.make_item(split, index, 0, IMAGE_SIZE)
+        assert [_image_bytes(im) for im in again["images"]] == [_image_bytes(im) for im in images]
+        text = counting_multi.make_item(split, index, 0, IMAGE_SIZE, render=False)
+        assert text["images"] is None and {k: v for k, v in text.items() if k != "images"} == \
+            {k: v for k, v in item.items() if k != "images"}
+
+
+def test_counting_multi_is_a_new_source_and_leaves_the_other_generators_alone():
+    from othink_mr1.data.synthetic import GENERATOR_VERSION, GENERATORS, counting_multi
+    from othink_mr1.data.tasks import SOURCES
+
+    # Existing cached splits (and models keyed on them) stay valid: the version is unchanged.
+    assert GENERATOR_VERSION == 2
+    assert GENERATORS["synthetic_counting_multi"] is counting_multi.make_item
+    assert GENERATORS["synthetic_counting"] is counting.make_item
+    assert "synthetic_counting_multi" in SOURCES
+    # Its own seed string: not the counting task's items in another order.
+    one = counting_multi.make_item("train", 0, 0, IMAGE_SIZE)["images"][0]
+    assert _image_bytes(one) != _image_bytes(counting.make_item("train", 0, 0, IMAGE_SIZE)["image"])
+
+
+def test_counting_multi_split_is_cached_with_an_image_list_column(tmp_path):
+    import datasets
+
+    ds = synthetic_split("synthetic_counting_multi", "test", 4, 0, IMAGE_SIZE, tmp_path)
+    assert isinstance(ds.features["images"], datasets.List)
+    assert isinstance(ds.features["images"].feature, datasets.Image)
+    assert [len(row["images"]) for row in ds] == [1, 2, 1, 2]
+    expected = list(generate_records("synthetic_counting_multi", "test", 4, 0, IMAGE_SIZE))
+    for row, record in zip(ds, expected):
+        assert row["ground_truth"] == record["ground_truth"]
+        assert [_image_bytes(im.convert("RGB")) for im in row["images"]] == [_image_bytes(im) for im in record["images"]]

@@ -7,6 +7,8 @@ file(s), or a JSONL whose `image` values are paths relative to the file.
 Test splits are R1-V's JSONL files (`image_path`, `question`, `ground_truth`) plus the folder their
 image paths are relative to: SuperCLEVR-200 (`./images/superCLEVR_new_025000.png`) and GeoQA-754
 (`./Geo170K/images/test/0.png`).
+
+A record with several images lists them: `images` (or a list in `image` / `image_path`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ import json
 import logging
 from pathlib import Path
 
-from .records import BadRows, DataError, RowError, check_image_file, check_text, missing_fields, text_fields
+from .records import (
+    JSONL_IMAGE_FIELDS,
+    BadRows,
+    DataError,
+    RowError,
+    check_text,
+    image_field,
+    missing_fields,
+    resolve_image_paths,
+    text_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +59,11 @@ def check_published(path: str | Path) -> bool | None:
 
 def read_jsonl(path: Path, role: str, image_root: Path, bad_rows: BadRows | None = None) -> list[dict]:
     """The records of a JSONL split in R1-V's schema, each line checked (valid JSON, an object, its
-    fields present and non-empty, its image found and decodable); image paths come back resolved
-    against `image_root`. Errors name the file and the 1-based line; `bad_rows` decides whether a
-    bad line stops the load or is skipped."""
+    fields present and non-empty, every image found and decodable); image paths come back resolved
+    against `image_root`, under `image` (train) or `image_path` (test), or `images` for a train
+    record with a list of images. Errors name the file, the 1-based line and, in a list, which
+    image; `bad_rows` decides whether a bad line stops the load or is skipped."""
     bad_rows = bad_rows or BadRows()
-    image_key = "image" if role == "train" else "image_path"
     texts = text_fields(role)
     records: list[dict] = []
 
@@ -68,12 +80,19 @@ def read_jsonl(path: Path, role: str, image_root: Path, bad_rows: BadRows | None
             raise RowError(str(path), number, f"missing field(s) {missing}; the record has {sorted(record)}", unit)
         for field in texts:
             check_text(record[field], field, str(path), number, unit=unit)
-        image = record.get(image_key) if role == "train" else record.get("image_path") or record.get("image")
-        check_text(image, image_key, str(path), number, unit=unit)
-        resolved = (image_root / str(image)).resolve()
-        check_image_file(resolved, str(path), number, unit=unit)
-        record.pop("image", None)
-        record[image_key] = str(resolved)
+        field = image_field(record, JSONL_IMAGE_FIELDS[role])
+        if field is None:  # every image field present is null
+            field = next(f for f in JSONL_IMAGE_FIELDS[role] if f in record)
+            check_text(None, field, str(path), number, unit=unit)
+        resolved = resolve_image_paths(record[field], field, image_root, str(path), number, unit)
+        for key in JSONL_IMAGE_FIELDS[role]:
+            record.pop(key, None)
+        # Test records keep R1-V's `image_path` (one path or a list); a train record keeps `image`
+        # for one image (the split's layout as before) and has `images` for a list.
+        if role == "test":
+            record["image_path"] = resolved
+        else:
+            record["images" if isinstance(resolved, list) else "image"] = resolved
         for field in texts:  # R1-V writes some ground truths as numbers: text, as the scorers read it
             record[field] = str(record[field])
         records.append(record)
@@ -105,9 +124,15 @@ def load_test_jsonl(path: str | Path, image_root: str | Path | None, bad_rows: B
         raise DataError(f"{path}: the test split is empty")
     records = read_jsonl(path, "test", Path(image_root) if image_root else path.parent, bad_rows)
     check_published(path)
+    # A column holds one type: when any record has a list of images, every record's is a list.
+    as_lists = any(isinstance(r["image_path"], list) for r in records)
     return datasets.Dataset.from_list(
-        [{"image_path": r["image_path"], "question": r["question"], "ground_truth": r["ground_truth"]}
-         for r in records])
+        [{"image_path": _as_list(r["image_path"]) if as_lists else r["image_path"], "question": r["question"],
+          "ground_truth": r["ground_truth"]} for r in records])
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return value if isinstance(value, list) else [value]
 
 
 def _train_jsonl(path: Path, bad_rows: BadRows | None):
@@ -115,10 +140,19 @@ def _train_jsonl(path: Path, bad_rows: BadRows | None):
     import datasets
 
     records = read_jsonl(path, "train", path.parent, bad_rows)
+    if any("images" in record for record in records):
+        # A column holds one type: when any record has a list of images, every record's is a list.
+        for record in records:
+            if "image" in record:
+                record["images"] = [record.pop("image")]
     # Optional fields (thinking, ...) may be absent from some lines: every column gets every row.
     columns = list(dict.fromkeys(key for record in records for key in record))
     ds = datasets.Dataset.from_dict({key: [record.get(key) for record in records] for key in columns})
-    return ds.cast_column("image", datasets.Image(decode=False)) if records else ds
+    if not records:
+        return ds
+    if "images" in ds.column_names:
+        return ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
+    return ds.cast_column("image", datasets.Image(decode=False))
 
 
 def _saved_split_is_empty(folder: Path) -> bool:

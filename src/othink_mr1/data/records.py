@@ -3,8 +3,10 @@
 train records: ``image``, ``problem``, ``solution`` (``<answer> 3 </answer>``), optional ``thinking``
 test records:  ``image`` or ``image_path``, ``question``, ``ground_truth``
 
-Validation runs when a split is loaded, before any model is built, and every error names the
-source (file or hub id), the row and the field.
+A record may hold several images: ``images`` (a list), or a list in ``image`` / ``image_path``; the
+prompt then shows them in that order. Validation runs when a split is loaded, before any model is
+built, and every error names the source (file or hub id), the row, the field and, in a list, which
+image (``images[1]``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ from typing import Any
 
 from PIL import Image
 
-TRAIN_FIELDS = ("image", "problem", "solution")
-TEST_FIELDS = ("question", "ground_truth")  # plus image or image_path
+TRAIN_FIELDS = ("problem", "solution")  # plus an image field
+TEST_FIELDS = ("question", "ground_truth")  # plus an image field
+# The fields that may hold a record's image(s), in the order they are looked up: the first one
+# present (not None) is the record's. A test JSONL names its images `image_path` (R1-V's schema); a
+# dataset row holds them decoded in `image` (as it always did, before `image_path`) or `images`.
+IMAGE_FIELDS = {"train": ("images", "image"), "test": ("images", "image", "image_path")}
+JSONL_IMAGE_FIELDS = {"train": ("images", "image"), "test": ("image_path", "images", "image")}
 
 
 def text_fields(role: str) -> tuple[str, str]:
@@ -105,7 +112,7 @@ class BadRows:
 class Example:
     """What the collators consume, whatever the source schema was."""
 
-    image: Image.Image
+    images: list[Image.Image]  # one or more, in prompt order
     question: str
     answer: str  # ground truth as text ("3", "140°")
     target: str  # SFT target: the solution, or thinking + solution
@@ -142,9 +149,50 @@ def check_fields(columns: list[str], role: str, where: str) -> None:
 def missing_fields(columns: list[str], role: str) -> list[str]:
     required = TRAIN_FIELDS if role == "train" else TEST_FIELDS
     missing = [f for f in required if f not in columns]
-    if role == "test" and "image" not in columns and "image_path" not in columns:
-        missing.append("image or image_path")
+    if not any(f in columns for f in IMAGE_FIELDS[role]):
+        missing.append(" or ".join(IMAGE_FIELDS[role]))
     return missing
+
+
+def image_field(record: dict[str, Any], fields: tuple[str, ...]) -> str | None:
+    """The field holding the record's image(s): the first of `fields` whose value is not None."""
+    return next((f for f in fields if record.get(f) is not None), None)
+
+
+def image_items(value: Any, field: str) -> list[tuple[str, Any]]:
+    """(name, value) of every image an image field holds: the field itself for one image, `field[i]`
+    for each entry of a list, so that an error says which image."""
+    if isinstance(value, (list, tuple)):
+        return [(f"{field}[{i}]", item) for i, item in enumerate(value)]
+    return [(field, value)]
+
+
+def _no_images(field: str) -> str:
+    return f"field '{field}' is an empty list: a record needs at least one image"
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def resolve_image_paths(value: Any, field: str, root: Path, where: str, row: int, unit: str = "row") -> str | list[str]:
+    """The image path(s) of a JSON record resolved against `root`, each found and decodable, in the
+    record's shape (one path, or a list); else a RowError naming the row, the field and which image."""
+    items = image_items(value, field)
+    if not items:
+        raise RowError(where, row, _no_images(field), unit)
+    resolved = []
+    for name, item in items:
+        if _is_blank(item):
+            raise RowError(where, row, f"field '{name}' is empty", unit)
+        if not isinstance(item, str):
+            raise RowError(where, row, f"field '{name}' is not a path: {item!r}", unit)
+        path = (root / item).resolve()
+        problem = image_file_problem(path)
+        if problem:
+            raise RowError(where, row, problem if name == field else f"{name}: {problem}", unit)
+        resolved.append(str(path))
+    return resolved if isinstance(value, (list, tuple)) else resolved[0]
 
 
 def check_text(value: Any, field: str, where: str, row: int, unit: str = "row") -> None:
@@ -169,29 +217,40 @@ def image_problem(source: Any, label: str) -> str | None:
     return None
 
 
+def image_file_problem(path: Path) -> str | None:
+    """Why the image file at `path` cannot be a model input (missing, undecodable), or None."""
+    if not path.is_file():
+        return f"image file not found: {path}"
+    return image_problem(path, str(path))
+
+
 def check_image_file(path: Path, where: str, row: int, unit: str = "row") -> None:
     """The image exists and decodes, else a RowError naming file and row."""
-    if not path.is_file():
-        raise RowError(where, row, f"image file not found: {path}", unit)
-    problem = image_problem(path, str(path))
+    problem = image_file_problem(path)
     if problem:
         raise RowError(where, row, problem, unit)
 
 
-def check_image_value(value: Any, where: str, row: int) -> None:
-    """An undecoded `datasets.Image` value ({'bytes', 'path'}), a path or a PIL image decodes."""
-    if value is None:
-        raise RowError(where, row, "field 'image' is empty")
-    if isinstance(value, Image.Image):
-        return
-    data, path = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (None, value)
-    if data is None:
-        if not path:
-            raise RowError(where, row, "field 'image' is empty")
-        return check_image_file(Path(path), where, row)
-    problem = image_problem(io.BytesIO(data), "bytes")
-    if problem:
-        raise RowError(where, row, problem)
+def check_image_value(value: Any, where: str, row: int, field: str = "image") -> None:
+    """Every image of a dataset row's image field decodes: an undecoded `datasets.Image` value
+    ({'bytes', 'path'}), a path or a PIL image, or a list of them (errors name which: `images[1]`)."""
+    items = image_items(value, field)
+    if not items:
+        raise RowError(where, row, _no_images(field))
+    for name, item in items:
+        if isinstance(item, Image.Image):
+            continue
+        data, path = (item.get("bytes"), item.get("path")) if isinstance(item, dict) else (None, item)
+        if data is None and not path:
+            raise RowError(where, row, f"field '{name}' is empty")
+        problem = image_file_problem(Path(path)) if data is None else image_problem(io.BytesIO(data), "bytes")
+        if problem:
+            raise RowError(where, row, problem if name == field else f"{name}: {problem}")
+
+
+def load_images(value: Any) -> list[Image.Image]:
+    """The decoded RGB images of an image field (one image, or a list of them)."""
+    return [load_image(item) for _, item in image_items(value, "")]
 
 
 def load_image(value: Any) -> Image.Image:

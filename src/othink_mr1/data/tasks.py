@@ -10,6 +10,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from .hub import load_test_jsonl, load_train_source
 from .records import (
+    IMAGE_FIELDS,
     BadRows,
     DataError,
     Example,
@@ -17,7 +18,8 @@ from .records import (
     check_fields,
     check_image_value,
     check_text,
-    load_image,
+    image_field,
+    load_images,
     sft_target,
     text_fields,
 )
@@ -25,7 +27,7 @@ from .synthetic import synthetic_split
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic_counting", "synthetic_geometry", "r1v")
+SOURCES = ("synthetic_counting", "synthetic_geometry", "synthetic_counting_multi", "r1v")
 
 
 def load_split(task: Any, role: str, cache_dir: str, bad_rows: BadRows | None = None):
@@ -94,20 +96,33 @@ def load_split(task: Any, role: str, cache_dir: str, bad_rows: BadRows | None = 
 
 def _row_checker(ds, role: str, where: str):
     """check(i) raises a RowError when row i of `ds` has an empty text field or an unusable image."""
-    import datasets
-
     texts = {field: ds[field] for field in text_fields(role)}
-    image_column = "image" if "image" in ds.column_names else "image_path"
-    images = ds.select_columns([image_column])
-    if isinstance(images.features[image_column], datasets.Image):
-        images = images.cast_column(image_column, datasets.Image(decode=False))
+    columns = [f for f in IMAGE_FIELDS[role] if f in ds.column_names]
+    images = ds.select_columns(columns)
+    for column in columns:
+        undecoded = _undecoded(images.features[column])
+        if undecoded is not None:  # checking reads the bytes; decoding is the check's own job
+            images = images.cast_column(column, undecoded)
 
     def check(index: int) -> None:
         for field, values in texts.items():
             check_text(values[index], field, where, index)
-        check_image_value(images[index][image_column], where, index)
+        row = images[index]
+        field = image_field(row, IMAGE_FIELDS[role]) or columns[0]
+        check_image_value(row[field], where, index, field)
 
     return check
+
+
+def _undecoded(feature: Any) -> Any:
+    """The feature of an image column (one image or a list of them) that does not decode, or None."""
+    import datasets
+
+    if isinstance(feature, datasets.Image):
+        return datasets.Image(decode=False)
+    if isinstance(feature, (datasets.List, datasets.LargeList)) and isinstance(feature.feature, datasets.Image):
+        return type(feature)(datasets.Image(decode=False))
+    return None
 
 
 class TaskSplit(TorchDataset):
@@ -124,9 +139,10 @@ class TaskSplit(TorchDataset):
 
     def __getitem__(self, index: int) -> Example:
         row = self.ds[index]
+        images = load_images(row[image_field(row, IMAGE_FIELDS[self.role])])
         if self.role == "train":
             return Example(
-                image=load_image(row["image"]),
+                images=images,
                 question=str(row["problem"]),
                 answer=answer_from_solution(str(row["solution"])),
                 target=sft_target(row, self.sft_target_mode),
@@ -134,7 +150,7 @@ class TaskSplit(TorchDataset):
             )
         answer = str(row["ground_truth"]).strip()
         return Example(
-            image=load_image(row["image"] if row.get("image") is not None else row["image_path"]),
+            images=images,
             question=str(row["question"]),
             answer=answer,
             target=f"<answer> {answer} </answer>",

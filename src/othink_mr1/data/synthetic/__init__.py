@@ -11,16 +11,19 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from . import counting, geometry
+from . import counting, counting_multi, geometry
 
 log = logging.getLogger(__name__)
 
 # Bump when a generator's output changes, so cached datasets are rebuilt rather than reused.
+# A new source needs no bump: its name is part of the cache key, and bumping would rebuild every
+# existing split (and invalidate models keyed on them).
 GENERATOR_VERSION = 2
 
 GENERATORS: dict[str, Callable[..., dict]] = {
     "synthetic_counting": counting.make_item,
     "synthetic_geometry": geometry.make_item,
+    "synthetic_counting_multi": counting_multi.make_item,
 }
 
 
@@ -43,7 +46,10 @@ def synthetic_split(source: str, split: str, num: int, seed: int, image_size: in
         return datasets.load_from_disk(str(folder))
     log.info("generating %s/%s: %d items (%dpx) into %s", source, split, num, image_size, folder)
     ds = datasets.Dataset.from_list(list(generate_records(source, split, num, seed, image_size)))
-    ds = ds.cast_column("image", datasets.Image())
+    if "images" in ds.column_names:  # a list of images per record (counting_multi)
+        ds = ds.cast_column("images", datasets.List(datasets.Image()))
+    else:
+        ds = ds.cast_column("image", datasets.Image())
     # Write beside the final folder and rename: concurrent jobs never see a half-written dataset.
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
