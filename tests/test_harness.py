@@ -19,8 +19,8 @@ def test_generate_is_greedy_and_counts_tokens_up_to_the_end_of_turn(tiny):
     examples = [Example(images=[Image.new("RGB", (112, 112), c)], question=q, answer="3", target="", index=i)
                 for i, (c, q) in enumerate([("red", "How many?"), ("blue", "How many items are there in the image?")])]
     batch = PromptCollator(processor, "{question}")(examples)
-    texts, lengths = generate(model.eval(), processor.tokenizer, batch, max_new_tokens=6)
-    again, _ = generate(model, processor.tokenizer, batch, max_new_tokens=6)
+    texts, lengths = generate(model.eval(), processor, batch, max_new_tokens=6)
+    again, _ = generate(model, processor, batch, max_new_tokens=6)
     assert texts == again and len(texts) == 2
     # Recompute each length from a fresh generate: up to and including <|im_end|>, else the budget.
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
@@ -51,7 +51,7 @@ def test_generation_stops_at_every_eos_id_of_the_generation_config(tiny):
     batch = PromptCollator(processor, "{question}")(examples)
     a, b = tok.convert_tokens_to_ids(["a", "b"])
     model.lm_head = Scripted(len(tok), [[a, b, endoftext, a], [a, im_end, b], [b]])
-    texts, lengths = generate(model, tok, batch, max_new_tokens=6)
+    texts, lengths = generate(model, processor, batch, max_new_tokens=6)
     assert lengths == [3, 2, 6] and texts == ["ab", "a", "bbbbbb"]
 
 

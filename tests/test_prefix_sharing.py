@@ -105,16 +105,16 @@ def test_sampling_draws_the_same_tokens_as_generate(tiny, options):
     special = dict(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(3)
     prompts = repeat_prompts(batch, G)
-    expected = model.generate(**prompts, do_sample=True, max_new_tokens=16, suppress_tokens=suppressed_token_ids(tok),
+    expected = model.generate(**prompts, do_sample=True, max_new_tokens=16, suppress_tokens=suppressed_token_ids(processor),
                               top_k=options.get("top_k"), top_p=options.get("top_p", 1.0),
                               temperature=options.get("temperature", 1.0), min_new_tokens=options.get("min_new_tokens", 0),
                               **special)[:, prompts["input_ids"].shape[1]:]
     torch.manual_seed(3)
-    ours = sample_groups(model, prompt_inputs(batch), G, 16, suppress_token_ids=suppressed_token_ids(tok),
+    ours = sample_groups(model, prompt_inputs(batch), G, 16, suppress_token_ids=suppressed_token_ids(processor),
                          **options, **special)
     assert ours.shape == expected.shape == (3 * G, 16)
     assert torch.equal(ours, expected)
-    assert not torch.isin(ours, torch.tensor(suppressed_token_ids(tok))).any()
+    assert not torch.isin(ours, torch.tensor(suppressed_token_ids(processor))).any()
 
 
 def test_sampling_stops_once_every_row_has_ended(tiny):

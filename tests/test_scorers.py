@@ -370,6 +370,7 @@ def test_registry() -> None:
     assert all(set(by_protocol) == set(PROTOCOLS) for by_protocol in SCORERS.values())
     assert SCORER_FOR_TASK == {
         "counting": "counting",
+        "counting_multi": "counting",
         "clevr_count": "counting",
         "geometry": "geometry",
         "geoqa": "geometry",

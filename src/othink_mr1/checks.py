@@ -108,7 +108,7 @@ def check_task(task: Any, key: str) -> None:
             raise ConfigError(f"{key}.{field} must contain '{{question}}' (where the question goes): {template!r}")
     if task.max_new_tokens < 1:
         raise ConfigError(f"{key}.max_new_tokens={task.max_new_tokens}: must be at least 1")
-    if task.source == "synthetic_counting" and task.synthetic is not None:
+    if task.source in ("synthetic_counting", "synthetic_counting_multi") and task.synthetic is not None:
         # One object per 28px cell (a merged visual token): 10 objects need a 4x4 grid.
         if (task.synthetic.image_size // CELL) ** 2 < MAX_OBJECTS:
             raise ConfigError(f"{key}.synthetic.image_size={task.synthetic.image_size}: counting scenes of up to "

@@ -1,7 +1,7 @@
 """Collators: canonical examples -> model inputs, for any image-text-to-text processor.
 
 One prompt builder serves SFT, GRPO and evaluation, so a task is always asked the same way. Nothing
-here names a model family: what the chat template writes for an image, what ends an assistant turn
+here branches on a family name: what the chat template writes for an image, what ends an assistant turn
 and which tokens are image markup are read off the processor itself (its chat template, attributes
 and tokenizer), so Qwen2-VL, Idefics3, LLaVA and Gemma3 batches are built and checked by one code path.
 
@@ -12,12 +12,15 @@ sample's images (or fail deep inside the model's forward pass).
 
 from __future__ import annotations
 
+import logging
 import re
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .records import DataError, Example
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -233,18 +236,19 @@ def check_prompts(processor: Any, texts: list[str], examples: list[Example], tem
 
 def expected_image_tokens(processor: Any, batch: dict[str, Any], image_counts: list[int],
                           image_sizes: list[tuple[int, int]]) -> list[int] | None:
-    """How many image tokens each sample's prompt must hold after processing, or None when the family
-    gives no way to know. `image_counts`: images per sample; `image_sizes`: (height, width) of every
-    image, in batch order.
+    """How many image tokens each sample's prompt must hold after processing, counted from what the
+    processor returned for the images (not from the text it expanded), or None when nothing gives a
+    count. `image_counts`: images per sample; `image_sizes`: (height, width) of every image, in batch
+    order.
 
-    Qwen2/2.5/3-VL (the batch has `image_grid_thw`, one row per image): t*h*w / merge^2 per image,
-    summed over the sample's images. Any other processor: transformers' own per-image count,
-    `processor._get_num_multimodal_tokens(image_sizes=...)["num_image_tokens"]`, summed the same way,
-    but only where that count agrees with the processor's actual output on a probe (`_helper_agrees`).
-    NOTE, measured on the tiny family builders (transformers 5.2): it agrees for LLaVA and Gemma3;
-    Idefics3's helper counts its whole image markup (34 for 20 `<image>` tokens) and LLaVA-OneVision's
-    ignores that a sample with several images gets fewer tokens per image (5 instead of 24), so those
-    two get None (no check) until a per-family count replaces this generic one."""
+    - Qwen2/2.5/3-VL (`image_grid_thw`, one row per image): t*h*w / merge^2 per image.
+    - Idefics3 / SmolVLM (`pixel_attention_mask` and `processor.image_seq_len`): image_seq_len tokens
+      per tile the model keeps (tiles whose pixels are not all zero: the model's own rule for padding).
+    - LLaVA-OneVision (`batch_num_images`): a lone image is counted by transformers' helper (below); in
+      a sample with several images each image gets its base grid plus a newline token (no any-res).
+    - Any other processor: transformers' own per-image count, `_get_num_multimodal_tokens`, where it
+      agrees with the processor's output on a two-image probe (`_helper_agrees`; LLaVA and Gemma 3 do).
+    Where none applies the check is skipped, and said once in the log (`_no_count`)."""
     import torch
 
     grid = batch.get("image_grid_thw")
@@ -252,16 +256,39 @@ def expected_image_tokens(processor: Any, batch: dict[str, Any], image_counts: l
         merge = int(getattr(processor.image_processor, "merge_size", 2))
         features = torch.div(grid.prod(dim=1), merge * merge, rounding_mode="floor")
         return [int(f.sum()) for f in torch.split(features, image_counts)]
-    if not _per_processor("helper_agrees", processor, _helper_agrees):
-        return None
+    pixels = batch.get("pixel_values")
+    if "pixel_attention_mask" in batch and getattr(processor, "image_seq_len", None) and pixels is not None:
+        kept = (pixels != 0).flatten(2).any(dim=2).sum(dim=1)
+        return [int(n) * int(processor.image_seq_len) for n in kept]
     per_image = _helper_counts(processor, image_sizes)
-    if per_image is None:
+    if "batch_num_images" in batch and per_image is not None and getattr(processor, "num_image_tokens", None):
+        several = int(processor.num_image_tokens) + 1 - (processor.vision_feature_select_strategy == "default")
+        per_image = _onevision_counts(image_counts, per_image, several)
+    elif per_image is None or not _per_processor("helper_agrees", processor, _helper_agrees):
+        _per_processor("no_count", processor, _no_count)
         return None
     out, start = [], 0
     for count in image_counts:
         out.append(sum(per_image[start:start + count]))
         start += count
     return out
+
+
+def _onevision_counts(image_counts: list[int], lone: list[int], several: int) -> list[int]:
+    """Per-image token counts of LLaVA-OneVision: `lone[i]` for an image alone in its sample, `several`
+    for each image of a sample with more than one."""
+    out, start = [], 0
+    for count in image_counts:
+        out += lone[start:start + count] if count == 1 else [several] * count
+        start += count
+    return out
+
+
+def _no_count(processor: Any) -> bool:
+    log.warning("%s: no way to count the image tokens each image should get; the per-sample image-token check "
+                "is skipped for this processor (image slots are still checked before processing)",
+                type(processor).__name__)
+    return True
 
 
 def _helper_counts(processor: Any, image_sizes: list[tuple[int, int]]) -> list[int] | None:

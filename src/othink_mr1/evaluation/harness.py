@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..data.collate import vision_tokens
 from ..rewards.scorers import DEFAULT_PROTOCOL, check_protocol, get_scorer
 from .metrics import ItemResult, score_item, summarize
 
@@ -33,14 +34,14 @@ class EvalSpec:
         check_protocol(self.protocol)
 
 
-# Placeholders the processor expands into visual features: a completion containing one would no longer
-# line up with the image features in a later forward pass (and means nothing as text).
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-
-
-def suppressed_token_ids(tokenizer: Any) -> list[int]:
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
-    return [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
+def suppressed_token_ids(processor: Any) -> list[int]:
+    """Tokens never sampled: the processor's own image and video markup (data.collate.vision_tokens:
+    Qwen's <|image_pad|> and <|vision_start|>, Idefics3's <image> and <fake_token_around_image>, Gemma
+    3's <start_of_image>, ...). A completion holding one would no longer line up with the image
+    features in a later forward pass, and it means nothing as text."""
+    tokenizer = processor.tokenizer
+    ids = {tokenizer.convert_tokens_to_ids(t) for t in vision_tokens(processor)}
+    return sorted(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id)
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -70,15 +71,16 @@ def effective_max_new_tokens(task_max: int, model_cap: int | None) -> int:
 
 
 @torch.no_grad()
-def generate(model: Any, tokenizer: Any, batch: dict[str, Any], max_new_tokens: int) -> tuple[list[str], list[int]]:
+def generate(model: Any, processor: Any, batch: dict[str, Any], max_new_tokens: int) -> tuple[list[str], list[int]]:
     """Greedy completions for a left-padded prompt batch, and each one's length in tokens
     (up to and including the first stop token, `stop_token_ids`; the full budget when it never stopped)."""
+    tokenizer = processor.tokenizer
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     stop_ids = stop_token_ids(model, tokenizer)
     # do_sample=False wins over a hub config's sampling defaults (Qwen2-VL: do_sample, top_k 1, temperature 0.01).
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
-                         suppress_tokens=suppressed_token_ids(tokenizer))
+                         suppress_tokens=suppressed_token_ids(processor))
     completion_ids = out[:, inputs["input_ids"].shape[1]:]
     lengths = completion_mask(completion_ids, stop_ids).sum(dim=1).tolist()
     # Only the tokens up to the end: an ended row's pads are never decoded.

@@ -61,7 +61,7 @@ class VLMModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         task = self.eval_names[dataloader_idx]
-        texts, lengths = generate(self.model, self.processor.tokenizer, batch, self.eval_spec.max_new_tokens[task])
+        texts, lengths = generate(self.model, self.processor, batch, self.eval_spec.max_new_tokens[task])
         self._acc.add(task, batch["meta"], texts, lengths)
 
     def on_validation_epoch_end(self) -> None:

@@ -34,9 +34,6 @@ from .base import TrainableModule
 from .grpo_loss import StepSizes, group_advantages, grpo_loss, token_log_probs
 from .kl_schedules import KLSchedule
 
-PROMPT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
-
-
 @dataclass
 class Rollout:
     """One micro-batch of sampled completions, ready for the loss. Sequences are prompt (left-padded)
@@ -63,16 +60,55 @@ class Rollout:
         return int(self.completion_ids.shape[0])
 
 
+def rows_per_sample(key: str, value: torch.Tensor, batch: dict[str, Any], image_counts: list[int]) -> list[int]:
+    """How many leading rows of `value` belong to each sample. Per-sample tensors (input_ids, masks,
+    Idefics3's padded image stacks, LLaVA-OneVision's batch_num_images) have one row per sample and
+    per-image ones (image_grid_thw, Gemma 3's and LLaVA-OneVision's pixel_values, image_sizes) one per
+    image; the Qwen families' pixel_values are the special case: every image's patches stacked flat,
+    t*h*w rows per image."""
+    if key == "pixel_values" and "image_grid_thw" in batch:
+        per_image = batch["image_grid_thw"].prod(dim=1).tolist()
+    else:
+        per_image = [1] * sum(image_counts)
+    rows, start = [], 0
+    for count in image_counts:
+        rows.append(int(sum(per_image[start:start + count])))
+        start += count
+    if value.shape[0] == sum(rows):
+        return rows
+    if value.shape[0] == len(image_counts):
+        return [1] * len(image_counts)
+    raise ValueError(f"GRPO cannot tell which rows of the processor's '{key}' ({tuple(value.shape)}) belong to which of "
+                     f"the {len(image_counts)} prompts ({sum(image_counts)} images)")
+
+
 def repeat_prompts(batch: dict[str, Any], times: int) -> dict[str, torch.Tensor]:
-    """Each prompt (and its image) `times` times in a row: rows 0..times-1 are prompt 0's group."""
-    out = {k: batch[k].repeat_interleave(times, dim=0) for k in PROMPT_KEYS if k in batch}
-    if "pixel_values" in batch:
-        grid = batch["image_grid_thw"]
-        # pixel_values stacks every image's patches; image i owns t*h*w rows.
-        chunks = torch.split(batch["pixel_values"], grid.prod(dim=1).tolist())
-        out["pixel_values"] = torch.cat([c for c in chunks for _ in range(times)])
-        out["image_grid_thw"] = grid.repeat_interleave(times, dim=0)
+    """Every model input of a prompt batch with each prompt (and its images) `times` times in a row:
+    rows 0..times-1 are prompt 0's group."""
+    tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    image_counts = list(batch.get("meta", {}).get("image_counts") or [1] * tensors["input_ids"].shape[0])
+    out = {}
+    for key, value in tensors.items():
+        chunks = torch.split(value, rows_per_sample(key, value, batch, image_counts))
+        out[key] = torch.cat([chunk for chunk in chunks for _ in range(times)])
     return out
+
+
+def append_completions(prompts: dict[str, torch.Tensor], completion_ids: torch.Tensor,
+                       completion_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model inputs of prompts followed by their completions: every per-token input grows by the
+    completion (attention from the completion mask; token types such as mm_token_type_ids or Gemma 3's
+    token_type_ids 0, text)."""
+    shape = prompts["input_ids"].shape
+    inputs = dict(prompts)
+    for key, value in prompts.items():
+        if key == "input_ids":
+            inputs[key] = torch.cat([value, completion_ids], dim=1)
+        elif key == "attention_mask":
+            inputs[key] = torch.cat([value, completion_mask.to(value.dtype)], dim=1)
+        elif value.shape == shape:
+            inputs[key] = torch.cat([value, value.new_zeros(completion_ids.shape)], dim=1)
+    return inputs
 
 
 class GRPOModule(TrainableModule):
@@ -134,13 +170,13 @@ class GRPOModule(TrainableModule):
             # One prefill per prompt, a preallocated cache, the same sampling rules as generate().
             sampling["top_k"] = m.top_k
             out = sample_groups(self.model, prompt_inputs(batch), m.num_generations, self.max_new_tokens,
-                                suppress_token_ids=suppressed_token_ids(tok), **sampling)
+                                suppress_token_ids=suppressed_token_ids(self.processor), **sampling)
         else:
             prompts = repeat_prompts(batch, m.num_generations)
             # Explicit settings win over a hub config's defaults (Qwen2-VL: top_k 1, temperature 0.01;
             # the 7B's repetition_penalty 1.05): completions come from the policy the loss scores.
             out = self.model.generate(**prompts, do_sample=True, max_new_tokens=self.max_new_tokens,
-                                      suppress_tokens=suppressed_token_ids(tok), repetition_penalty=1.0, **sampling)
+                                      suppress_tokens=suppressed_token_ids(self.processor), repetition_penalty=1.0, **sampling)
             out = out[:, prompts["input_ids"].shape[1]:]
         self.model.train(was_training)
         return out
@@ -170,15 +206,7 @@ class GRPOModule(TrainableModule):
         G = m.num_generations
         mask = completion_mask(completion_ids, stop_token_ids(self.model, tok))
         shared = self.shares_prompts(batch)
-        inputs = None
-        if not shared:
-            prompts = repeat_prompts(batch, G)
-            inputs = dict(prompts)
-            inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids], dim=1)
-            inputs["attention_mask"] = torch.cat([prompts["attention_mask"], mask], dim=1)
-            if "mm_token_type_ids" in prompts:  # text tokens are type 0
-                inputs["mm_token_type_ids"] = torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(completion_ids)],
-                                                        dim=1)
+        inputs = None if shared else append_completions(repeat_prompts(batch, G), completion_ids, mask)
 
         texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
         answers = [a for a in batch["meta"]["answers"] for _ in range(G)]

@@ -75,7 +75,7 @@ class PretrainingSet(TorchDataset):
             _, problem = geometry.make_problem("train", index, self.seed)
             answer, thinking = problem.answer, problem.thinking
         question = f"{row['problem']}{rng.choice(R1V_SUFFIXES)}"
-        return Example(image=load_image(row["image"]), question=question, answer=answer,
+        return Example(images=[load_image(row["image"])], question=question, answer=answer,
                        target=f"<think> {thinking} </think> <answer> {answer} </answer>", index=index)
 
 

@@ -24,7 +24,7 @@ import torch
 from .tiny import build_tokenizer
 
 # Bump when a builder's output changes, so cached folders are rebuilt rather than reused.
-FAMILIES_VERSION = 1
+FAMILIES_VERSION = 2
 
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=4096)
@@ -264,6 +264,11 @@ def build_tiny_family(family: str, folder: str | Path, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config)
+        # Some families start a projector at zero (Gemma 3's mm_input_projection_weight): the image would
+        # reach the language model as nothing and no gradient would reach the vision tower.
+        for param in model.parameters():
+            if param.dim() >= 2 and not param.any():
+                torch.nn.init.normal_(param, std=0.02)
     eos = [tokenizer.convert_tokens_to_ids(spec.eos_token)]
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
                                                bos_token_id=ids.get(spec.bos_token) if spec.bos_token else None)

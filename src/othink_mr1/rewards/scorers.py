@@ -531,6 +531,7 @@ SCORERS: dict[str, dict[str, Callable[[], Scorer]]] = {
 #: Task names used by configs and data loaders -> scorer name.
 SCORER_FOR_TASK: dict[str, str] = {
     "counting": "counting",
+    "counting_multi": "counting",
     "clevr_count": "counting",
     "geometry": "geometry",
     "geoqa": "geometry",
