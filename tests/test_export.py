@@ -287,3 +287,24 @@ def test_a_processor_without_an_image_processor_is_a_clear_error(tmp_path):
     (folder / "preprocessor_config.json").unlink()
     with pytest.raises(ModelError, match="has no image processor"):
         load_processor(str(folder))
+
+
+def test_image_settings_come_from_the_folder_unless_overridden_by_name():
+    """No pixel budget is forced on a processor that has none (Idefics3 tiles by edge length); its own
+    keys are overridden by name, an unknown key or a pixel budget is an error naming the config key."""
+    folder = str(family_folder("idefics3"))
+    processor = load_processor(folder)
+    assert dict(processor.image_processor.size) == {"longest_edge": 112} and processor.image_processor.do_image_splitting
+    tuned = load_processor(folder, image_settings={"size": {"longest_edge": 56}, "do_image_splitting": False})
+    assert dict(tuned.image_processor.size) == {"longest_edge": 56} and not tuned.image_processor.do_image_splitting
+    single = inputs(tuned, noise_image())["pixel_values"]
+    assert single.shape[1] == 1  # one tile: no splitting, no global view beside it
+    with pytest.raises(ModelError, match="model.max_pixels: Idefics3ImageProcessorPil .* has no pixel budget"):
+        load_processor(folder, max_pixels=401408)
+    with pytest.raises(ModelError, match=r"model.image_processor.shortest_side: .* has no setting 'shortest_side'"):
+        load_processor(folder, image_settings={"shortest_side": 56})
+    with pytest.raises(ModelError, match=r"model.image_processor.size.height: .* has size keys \['longest_edge'\]"):
+        load_processor(folder, image_settings={"size": {"height": 56}})
+    # The Qwen families keep their pixel budget keys.
+    qwen = load_processor(str(family_folder("qwen2_5_vl")), min_pixels=3136, max_pixels=401408)
+    assert dict(qwen.image_processor.size) == {"shortest_edge": 3136, "longest_edge": 401408}

@@ -98,3 +98,48 @@ def test_the_shared_prefix_path_is_the_qwen_families_and_the_plain_path_every_ot
     for family in FAMILIES:
         model, _ = load_local(family_folder(family))
         assert supports_prefix_sharing(model) == (family in QWEN), family
+
+
+def test_suppressed_tokens_are_each_familys_own_image_markup():
+    """Sampling and evaluation never emit the processor's image/video markup, whatever the family."""
+    from othink_mr1.evaluation.harness import suppressed_token_ids
+
+    expected = {"qwen2_5_vl": {"<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"},
+                "qwen3_vl": {"<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"},
+                "idefics3": {"<image>", "<fake_token_around_image>", "<global-img>", "<row_1_col_1>"},
+                "llava": {"<image>"},
+                "llava_onevision": {"<image>", "<video>"},
+                "gemma3": {"<start_of_image>", "<end_of_image>", "<image_soft_token>"}}
+    for family, tokens in expected.items():
+        _, processor = load_local(family_folder(family))
+        tok = processor.tokenizer
+        suppressed = set(tok.convert_ids_to_tokens(suppressed_token_ids(processor)))
+        assert tokens <= suppressed, (family, tokens - suppressed)
+        # Never the end of a turn, nor plain text.
+        assert tok.eos_token not in suppressed and not {"<answer>", "3"} & suppressed
+
+
+MULTI = ["task=counting_multi", "task.synthetic.num_train=32", "task.synthetic.num_test=8",
+         "tasks.counting_multi.synthetic.num_test=8", "eval.tasks=[counting_multi]"]
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny_plain", "idefics3", "gemma3"])
+def test_multi_image_grpo_sft_and_eval_run_on_batches_mixing_one_and_two_images(model, tmp_path):
+    """counting_multi (items of one and two scenes alternate, so every batch mixes them) through GRPO,
+    SFT and mode=eval: on the embedded Qwen2-VL with the shared-prefix path and with the plain forward,
+    and on two families that take the plain path."""
+    models = {"tiny": ["model=tiny"], "tiny_plain": ["model=tiny", "method.share_prompt_prefix=false"],
+              "idefics3": ["model=pretrained", f"model.path={family_folder('idefics3')}"],
+              "gemma3": ["model=pretrained", f"model.path={family_folder('gemma3')}"]}[model]
+    grpo = compose_config([*models, *MULTI, *VARYING, "eval.row_zero=false"], output_dir=tmp_path / "grpo")
+    result = run(grpo)
+    assert result["train"]["steps"] == 2 and result["train"]["skipped_steps"] == 0
+    assert result["after"]["counting_multi"]["n"] == 8
+    if model == "tiny_plain":
+        return
+    sft = compose_config([*models, *MULTI, "method=sft", "eval.row_zero=false"], output_dir=tmp_path / "sft")
+    assert run(sft)["after"]["counting_multi"]["n"] == 8
+    evaluate = compose_config(["mode=eval", *models, *MULTI], output_dir=tmp_path / "eval")
+    run(evaluate)
+    completions = (Path(evaluate.paths.run_dir) / "eval" / "eval" / "counting_multi" / "completions.jsonl")
+    assert len(completions.read_text().splitlines()) == 8

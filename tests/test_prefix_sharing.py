@@ -9,12 +9,12 @@ import copy
 import pytest
 import torch
 
-from conftest import CACHE, compose_config
+from conftest import CACHE, compose_config, family_folder
 
 from othink_mr1.data.collate import PromptCollator
 from othink_mr1.data.tasks import TaskSplit, load_split
 from othink_mr1.evaluation.harness import suppressed_token_ids
-from othink_mr1.methods.grpo import GRPOModule, completion_mask, repeat_prompts
+from othink_mr1.methods.grpo import GRPOModule, append_completions, completion_mask, repeat_prompts
 from othink_mr1.methods.grpo_loss import token_log_probs
 from othink_mr1.methods.kl_schedules import ConstantKL
 from othink_mr1.models.prefix_sharing import (
@@ -59,12 +59,18 @@ def random_completions(tokenizer, rows: int, length: int, seed: int = 0) -> torc
 
 
 def plain_logits(model, batch, completion_ids, mask):
-    prompts = repeat_prompts(batch, G)
-    inputs = dict(prompts)
-    inputs["input_ids"] = torch.cat([prompts["input_ids"], completion_ids], dim=1)
-    inputs["attention_mask"] = torch.cat([prompts["attention_mask"], mask], dim=1)
-    inputs["mm_token_type_ids"] = torch.cat([prompts["mm_token_type_ids"], torch.zeros_like(completion_ids)], dim=1)
+    inputs = append_completions(repeat_prompts(batch, G), completion_ids, mask)
     return model(**inputs, logits_to_keep=completion_ids.shape[1] + 1).logits[:, :-1]
+
+
+@pytest.fixture(scope="module")
+def qwen_family(request, tiny):
+    """(model, processor) of the embedded Qwen2-VL or a tiny Qwen2.5-VL / Qwen3-VL folder."""
+    if request.param == "qwen2_vl":
+        return tiny
+    from othink_mr1.models.factory import load_local
+
+    return load_local(family_folder(request.param))
 
 
 def test_the_tiny_model_qualifies(tiny):
@@ -72,11 +78,15 @@ def test_the_tiny_model_qualifies(tiny):
     assert not supports_prefix_sharing(torch.nn.Linear(2, 2))
 
 
-@pytest.mark.parametrize("task_name", ["counting", "geometry"])
-def test_shared_prompt_log_probs_and_gradients_equal_the_plain_forward(tiny, task_name):
-    model, processor = copy.deepcopy(tiny[0]).train(), tiny[1]
+@pytest.mark.parametrize("qwen_family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"], indirect=True)
+@pytest.mark.parametrize("task_name", ["counting", "geometry", "counting_multi"])
+def test_shared_prompt_log_probs_and_gradients_equal_the_plain_forward(qwen_family, task_name):
+    """On every Qwen family, and on prompts with one or two images (counting_multi mixes them)."""
+    model, processor = copy.deepcopy(qwen_family[0]).train(), qwen_family[1]
     batch = prompt_batch(processor, task_name)
     assert batch["attention_mask"].min() == 0, "the prompts should need left padding"
+    if task_name == "counting_multi":
+        assert set(batch["meta"]["image_counts"]) == {1, 2}
     completion_ids = random_completions(processor.tokenizer, 3 * G, 12)
     mask = completion_mask(completion_ids, processor.tokenizer.eos_token_id)
     valid = mask.bool()

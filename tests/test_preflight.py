@@ -23,6 +23,21 @@ from othink_mr1.utils.errors import ConfigError
 from test_prefix_sharing import prompt_batch
 
 
+def test_a_chat_template_whose_end_of_turn_does_not_stop_generation_fails(tmp_path):
+    """LLaVA-1.5's template ends a reply with </s>: a model whose generation config and tokenizer stop
+    on something else would never stop after SFT."""
+    from conftest import family_folder
+    from othink_mr1.models.factory import load_local
+
+    model, processor = load_local(family_folder("llava"))
+    cfg = compose_config(["model=pretrained", f"model.path={family_folder('llava')}"])
+    check_processors(cfg.model, model, processor, {})
+    processor.tokenizer.eos_token = "<s>"
+    model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<s>")
+    with pytest.raises(PreflightError, match=r"ends an assistant turn with </s> .* not a stop token of the model"):
+        check_processors(cfg.model, model, processor, {})
+
+
 def test_a_processor_whose_max_pixels_disagrees_with_evaluation_fails(tiny):
     model, processor = tiny
     cfg = compose_config(["model=tiny"])

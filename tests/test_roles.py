@@ -1,6 +1,6 @@
 """Freezing and LoRA by role (vision tower, merger, language model), resolved from the structure of
-seven image-text families: tiny random models built from small configs (each well under 1M
-parameters, built in milliseconds)."""
+seven image-text families: the embedded tiny Qwen2-VL and the tiny family folders of
+models/tiny_families.py (each well under 1M parameters)."""
 
 from __future__ import annotations
 
@@ -9,46 +9,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageTextToText
+from transformers import AutoModelForImageTextToText
+
+from conftest import CACHE, compose_config, family_folder
 
 from othink_mr1.models.adapters import ROLES, apply_freeze, apply_lora, lora_target_names, model_roles
-from othink_mr1.models.factory import ModelError
+from othink_mr1.models.factory import ModelError, load_local, tiny_folder
+from othink_mr1.models.tiny_families import FAMILIES as TINY_FAMILIES
 
-TEXT = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)  # CLIP/SigLIP-like
-QWEN_TOKENS = dict(image_token_id=100, video_token_id=101, vision_start_token_id=102, vision_end_token_id=103)
-MROPE = {"rope_type": "default", "rope_theta": 10000.0}
-
-CONFIGS = {
-    "qwen2_vl": dict(
-        text_config=dict(TEXT, rope_parameters=dict(MROPE, mrope_section=[4, 2, 2])),
-        vision_config=dict(depth=2, embed_dim=48, hidden_size=32, num_heads=2, mlp_ratio=2), **QWEN_TOKENS),
-    "qwen2_5_vl": dict(
-        text_config=dict(TEXT, rope_parameters=dict(MROPE, mrope_section=[4, 2, 2])),
-        vision_config=dict(depth=2, hidden_size=48, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                           fullatt_block_indexes=[1], window_size=56), **QWEN_TOKENS),
-    "qwen3_vl": dict(
-        text_config=dict(TEXT, head_dim=16,
-                         rope_parameters=dict(MROPE, mrope_section=[4, 2, 2], mrope_interleaved=True)),
-        vision_config=dict(depth=2, hidden_size=48, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                           num_position_embeddings=64, deepstack_visual_indexes=[0]), **QWEN_TOKENS),
-    "idefics3": dict(text_config=dict(TEXT, model_type="llama"),
-                     vision_config=dict(VISION, image_size=64, patch_size=16), image_token_id=100),
-    "llava": dict(text_config=dict(TEXT, model_type="llama"),
-                  vision_config=dict(VISION, model_type="clip_vision_model", image_size=32, patch_size=8,
-                                     projection_dim=32),
-                  image_token_index=100, image_seq_length=16),
-    "llava_onevision": dict(text_config=dict(TEXT, model_type="qwen2"),
-                            vision_config=dict(VISION, model_type="siglip_vision_model", image_size=32, patch_size=8,
-                                               vision_use_head=False),
-                            image_token_index=100, video_token_index=101, image_grid_pinpoints=[[32, 32]]),
-    "gemma3": dict(text_config=dict(TEXT, model_type="gemma3_text", head_dim=16, sliding_window=16),
-                   vision_config=dict(VISION, model_type="siglip_vision_model", image_size=32, patch_size=8,
-                                      vision_use_head=False),
-                   mm_tokens_per_image=4, image_token_index=100, boi_token_index=101, eoi_token_index=102),
-}
-FAMILIES = list(CONFIGS)
+FAMILIES = ["qwen2_vl", *TINY_FAMILIES]
 
 # What each role is, stated by name per family (the code finds it by structure). Every other parameter
 # of the inner model `model.` is the merger's.
@@ -79,8 +48,9 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 
 def build(family: str) -> nn.Module:
-    torch.manual_seed(0)
-    return AutoModelForImageTextToText.from_config(AutoConfig.for_model(family, **CONFIGS[family]))
+    """A fresh copy of the family's tiny random model: the embedded Qwen2-VL, or a tiny family folder."""
+    folder = tiny_folder(compose_config(["model=tiny"]).model, CACHE) if family == "qwen2_vl" else family_folder(family)
+    return load_local(folder)[0]
 
 
 def lora_cfg(vision_tower: bool = False, targets=DEFAULT_TARGETS) -> SimpleNamespace:
@@ -96,7 +66,7 @@ def wrapped(model: nn.Module) -> set[str]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_roles_partition_the_parameters(family, tmp_path):
     model = build(family)
-    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
     roles = model_roles(model)
     names = [n for n, _ in model.named_parameters()]
     assert sorted(n for role in ROLES for n in roles[role]) == sorted(names)  # each in exactly one role
@@ -135,10 +105,12 @@ def test_freezing_a_role_freezes_exactly_its_parameters(family, role):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_targets_the_language_model_and_with_vision_tower_the_vision_blocks(family):
     model = build(family)
-    language = {f"{LANGUAGE_MODEL[family][0]}layers.{i}.{linear}" for i in range(2) for linear in LM_LINEARS}
-    assert len(language) == 14  # 2 decoder layers x 7 linears
+    layers = model.config.get_text_config().num_hidden_layers
+    depth = len(model.get_submodule(BLOCKS[family]))
+    language = {f"{LANGUAGE_MODEL[family][0]}layers.{i}.{linear}" for i in range(layers) for linear in LM_LINEARS}
+    assert len(language) == 7 * layers  # 7 linears per decoder layer
     assert set(lora_target_names(model, lora_cfg())) == language
-    vision = {f"{BLOCKS[family]}.{i}.{linear}" for i in range(2) for linear in VISION_LINEARS[family]}
+    vision = {f"{BLOCKS[family]}.{i}.{linear}" for i in range(depth) for linear in VISION_LINEARS[family]}
     assert set(lora_target_names(model, lora_cfg(vision_tower=True))) == language | vision
     assert wrapped(apply_lora(model, lora_cfg(vision_tower=True))) == language | vision
     assert wrapped(apply_lora(build(family), lora_cfg())) == language
@@ -150,7 +122,7 @@ def test_a_lora_step_trains_every_adapter_and_no_base_weight(family):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
     assert lora and {n for n, p in model.named_parameters() if p.requires_grad} == set(lora)
-    ids = torch.randint(3, 90, (2, 12), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(20, 90, (2, 12), generator=torch.Generator().manual_seed(0))  # text tokens, no image markup
     model.train()
     loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
     loss.backward()

@@ -59,6 +59,7 @@ def check_processors(model_cfg: Any, model: torch.nn.Module, train_processor: An
             if value is not None and reference[key] is not None and reference[key] != value:
                 raise PreflightError(f"preflight: the processor's {key}={reference[key]} but the model's vision config has "
                                      f"{value}: processor and weights come from different models")
+    check_end_of_turn(model, train_processor)
     for name, processor in eval_processors.items():
         settings = processor_settings(processor)
         keys = list(dict.fromkeys([*reference, *settings]))
@@ -67,6 +68,23 @@ def check_processors(model_cfg: Any, model: torch.nn.Module, train_processor: An
         if differences:
             raise PreflightError(f"preflight: evaluation on '{name}' would use {', '.join(differences)}; training and "
                                  "evaluation must turn images and prompts into tokens the same way")
+
+
+def check_end_of_turn(model: torch.nn.Module, processor: Any) -> None:
+    """The token that closes an assistant turn in the chat template (what SFT teaches a reply to end
+    with) must stop generation, or a fine-tuned model would never stop in evaluation and GRPO."""
+    from .data.collate import end_of_turn
+    from .evaluation.harness import stop_token_ids
+
+    tokenizer = processor.tokenizer
+    end = end_of_turn(processor).strip()
+    end_id = tokenizer.convert_tokens_to_ids(end)
+    stops = stop_token_ids(model, tokenizer)
+    if end_id not in stops:
+        raise PreflightError(f"preflight: the chat template ends an assistant turn with {end} (id {end_id}), which is "
+                             f"not a stop token of the model (generation_config.eos_token_id and the tokenizer's eos: "
+                             f"{tokenizer.convert_ids_to_tokens(stops)}); set the model's generation_config.eos_token_id "
+                             "to include it")
 
 
 def first_batch(loader: Any, size: int) -> list[Any]:

@@ -106,6 +106,8 @@ def apply_image_settings(image_processor: Any, min_pixels: int | None, max_pixel
     only where the image processor has them) and `model.image_processor.<key>` (any existing setting;
     a dict-valued one such as `size` only with keys it already has). Anything else is a ValueError
     naming the config key."""
+    from transformers.image_utils import SizeDict
+
     if min_pixels is not None or max_pixels is not None:
         if not has_pixel_budget(image_processor):
             key = "model.min_pixels" if min_pixels is not None else "model.max_pixels"
@@ -123,7 +125,8 @@ def apply_image_settings(image_processor: Any, min_pixels: int | None, max_pixel
         if current is None and key not in known:
             raise ValueError(f"model.image_processor.{key}: {type(image_processor).__name__} of {where} has no setting "
                              f"'{key}'; it has {known}")
-        if isinstance(current, dict):
+        if isinstance(current, (dict, SizeDict)):  # size, crop_size, max_image_size, ...
+            current = dict(current)
             if not isinstance(value, dict):
                 raise ValueError(f"model.image_processor.{key}: expected a mapping with keys {sorted(current)}")
             unknown = sorted(set(value) - set(current))
