@@ -308,3 +308,13 @@ def test_image_settings_come_from_the_folder_unless_overridden_by_name():
     # The Qwen families keep their pixel budget keys.
     qwen = load_processor(str(family_folder("qwen2_5_vl")), min_pixels=3136, max_pixels=401408)
     assert dict(qwen.image_processor.size) == {"shortest_edge": 3136, "longest_edge": 401408}
+
+
+def test_image_settings_in_the_config_reach_the_processor():
+    from othink_mr1.models.factory import load_kwargs
+
+    cfg = compose_config(["model=pretrained", f"model.path={family_folder('idefics3')}",
+                          "+model.image_processor={do_image_splitting: false, size: {longest_edge: 56}}"])
+    _, processor = load_model(cfg.model, CACHE)
+    assert not processor.image_processor.do_image_splitting and dict(processor.image_processor.size) == {"longest_edge": 56}
+    assert load_kwargs(compose_config(["model=tiny"]).model)["image_settings"] is None

@@ -24,7 +24,7 @@ import torch
 from .tiny import build_tokenizer
 
 # Bump when a builder's output changes, so cached folders are rebuilt rather than reused.
-FAMILIES_VERSION = 2
+FAMILIES_VERSION = 3
 
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=4096)
@@ -94,47 +94,24 @@ class Family:
     bos_token: str | None = None
 
 
-def _qwen_ids(ids: dict[str, int]) -> dict[str, Any]:
-    """The special token ids a Qwen-family config names (its defaults are the real vocabulary's)."""
-    return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+def _qwen(config_class: str, rope: dict[str, Any], vision: dict[str, Any]) -> Callable[[dict[str, int]], Any]:
+    """A Qwen-family config builder: `rope` adds to the text config's mrope settings (head_dim 16: 2, 3
+    and 3 rotary frequencies for time, height and width), `vision` to the vision tower's."""
+    def build(ids: dict[str, int]) -> Any:
+        import transformers
 
-
-def _qwen_text(ids: dict[str, int]) -> dict[str, Any]:
-    return dict(**TEXT, vocab_size=ids["vocab"], tie_word_embeddings=True, bos_token_id=None,
-                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-
-
-def _qwen2_5_vl(ids: dict[str, int]) -> Any:
-    from transformers import Qwen2_5_VLConfig
-
-    head_dim = TEXT["hidden_size"] // TEXT["num_attention_heads"]
-    half = head_dim // 2
-    return Qwen2_5_VLConfig(
-        text_config=dict(**_qwen_text(ids),
-                         rope_parameters={"rope_type": "default", "mrope_section": [half - 2 * (half * 3 // 8),
-                                                                                     half * 3 // 8, half * 3 // 8],
-                                          "rope_theta": 10000.0}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TEXT["hidden_size"],
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1]),
-        **_qwen_ids(ids), tie_word_embeddings=True, bos_token_id=None, eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"])
-
-
-def _qwen3_vl(ids: dict[str, int]) -> Any:
-    from transformers import Qwen3VLConfig
-
-    head_dim = 16
-    return Qwen3VLConfig(
-        text_config=dict(**_qwen_text(ids), head_dim=head_dim,
-                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True,
-                                          "rope_theta": 10000.0}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TEXT["hidden_size"],
-                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                           deepstack_visual_indexes=[0]),
-        **_qwen_ids(ids), tie_word_embeddings=True, bos_token_id=None, eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"])
+        # The config classes default to the real vocabulary's special token ids: name the tiny one's.
+        specials = dict(bos_token_id=None, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+        return getattr(transformers, config_class)(
+            text_config=dict(**TEXT, **specials, head_dim=16, vocab_size=ids["vocab"], tie_word_embeddings=True,
+                             rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0,
+                                              **rope}),
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                               out_hidden_size=TEXT["hidden_size"], spatial_merge_size=2, temporal_patch_size=2, **vision),
+            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+            tie_word_embeddings=True, **specials)
+    return build
 
 
 def _idefics3(ids: dict[str, int]) -> Any:
@@ -222,8 +199,13 @@ def _gemma3_image_processor() -> Any:
 
 
 FAMILIES: dict[str, Family] = {
-    "qwen2_5_vl": Family("Qwen2_5_VLProcessor", QWEN_VL_TEMPLATE, [], "<|im_end|>", _qwen2_5_vl, _qwen_image_processor(14)),
-    "qwen3_vl": Family("Qwen3VLProcessor", QWEN_VL_TEMPLATE, [], "<|im_end|>", _qwen3_vl, _qwen_image_processor(16)),
+    "qwen2_5_vl": Family("Qwen2_5_VLProcessor", QWEN_VL_TEMPLATE, [], "<|im_end|>",
+                         _qwen("Qwen2_5_VLConfig", {}, dict(patch_size=14, window_size=56, fullatt_block_indexes=[1])),
+                         _qwen_image_processor(14)),
+    "qwen3_vl": Family("Qwen3VLProcessor", QWEN_VL_TEMPLATE, [], "<|im_end|>",
+                       _qwen("Qwen3VLConfig", {"mrope_interleaved": True},
+                             dict(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])),
+                       _qwen_image_processor(16)),
     "idefics3": Family("Idefics3Processor", IDEFICS3_TEMPLATE,
                        ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>", *IDEFICS3_ROW_COL],
                        "<end_of_utterance>", _idefics3, _idefics3_image_processor, {"image_seq_len": 4}),
