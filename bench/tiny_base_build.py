@@ -19,14 +19,14 @@ from _config import ROOT, compose  # noqa: E402  (bench/ is the script's directo
 
 
 def main() -> None:
-    from othink_mr1.models.factory import tiny_base_folder
+    from othink_mr1.jobs.tiny_base import ensure_built
     from othink_mr1.utils.quiet import quiet_third_party
 
     quiet_third_party()
     model_cfg = compose("model=tiny_base").model
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        folder = tiny_base_folder(model_cfg, cache)
+        folder = ensure_built(model_cfg, cache)
         wall = time.perf_counter() - start
         report = json.loads((folder / "build_report.json").read_text())
     result = {"wall_seconds_including_data_and_tokenizer": round(wall, 1), **{k: report[k] for k in

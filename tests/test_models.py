@@ -91,14 +91,21 @@ def test_unknown_dtype_is_named():
         load_model(cfg, CACHE)
 
 
+
+def test_unbuilt_tiny_base_is_a_model_error_saying_how_to_build_it(tmp_path):
+    """The factory only loads folders: building tiny_base trains, which is jobs.tiny_base's work."""
+    cfg = compose_config(["model=tiny_base"]).model
+    with pytest.raises(ModelError, match="is not built at .*ensure_built"):
+        load_model(cfg, tmp_path)
+    assert not (tmp_path / "models").exists()  # nothing was built on the way
+
 @pytest.mark.slow
 def test_tiny_base_lands_in_its_accuracy_window_on_both_synthetic_tasks():
     """Built on first use (about 1.5 minutes here) and cached; re-scored here from the cached weights."""
-    from othink_mr1.models.factory import tiny_base_folder
-    from othink_mr1.models.tiny_base import BUILD_EVAL_MAX_NEW_TOKENS, evaluate_synthetic
+    from othink_mr1.jobs.tiny_base import BUILD_EVAL_MAX_NEW_TOKENS, ensure_built, evaluate_synthetic
 
     cfg = compose_config(["model=tiny_base"], shrink=False).model
-    folder = tiny_base_folder(cfg, CACHE)
+    folder = ensure_built(cfg, CACHE)
     report = json.loads((folder / "build_report.json").read_text())
     assert report["window"] == [0.15, 0.60]
     model, processor = load_local(folder)
@@ -117,7 +124,7 @@ def test_tiny_base_lands_in_its_accuracy_window_on_both_synthetic_tasks():
 
 def test_tiny_base_acceptance_tasks_are_the_configured_synthetic_tasks():
     """The build checks its window on the same splits and prompts `task=counting|geometry` use."""
-    from othink_mr1.models.tiny_base import ACCEPTANCE_TASKS, synthetic_task
+    from othink_mr1.jobs.tiny_base import ACCEPTANCE_TASKS, synthetic_task
 
     cfg = compose_config([], shrink=False)
     for name in ACCEPTANCE_TASKS:

@@ -89,16 +89,12 @@ def tiny_folder(model_cfg: Any, cache_dir: str | Path) -> Path:
 
 
 def tiny_base_folder(model_cfg: Any, cache_dir: str | Path) -> Path:
-    """The saved `tiny_base` model, built by pretraining `tiny` on first use (minutes)."""
-    from .tiny_base import build_tiny_base
-
+    """Where the `tiny_base` model for this config is saved (built or not; jobs.tiny_base builds it)."""
     if model_cfg.base_build is None:
         raise ModelError(f"model '{model_cfg.name}': model.base_build is required for source 'tiny_base'")
-    source = tiny_folder(model_cfg, cache_dir)
     # The build pretrains on, and checks its window against, the synthetic generators' output.
     key = config_digest(model_cfg.tiny, model_cfg.base_build, TINY_VERSION, GENERATOR_VERSION)
-    folder = Path(cache_dir) / "models" / f"tiny_base-{key}"
-    return cached_build(folder, lambda tmp: build_tiny_base(model_cfg, source, tmp, cache_dir))
+    return Path(cache_dir) / "models" / f"tiny_base-{key}"
 
 
 def load_local(folder: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa",
@@ -216,14 +212,20 @@ def load_kwargs(model_cfg: Any) -> dict[str, Any]:
 
 
 def load_model(model_cfg: Any, cache_dir: str | Path) -> tuple[Any, Any]:
-    """(model, processor) for `model_cfg`; tiny models come from (and are built into) the cache."""
+    """(model, processor) for `model_cfg`; `tiny` is built into the cache on first use, `tiny_base` must be built
+    already (by jobs.tiny_base, which trains)."""
     if model_cfg.dtype not in DTYPES:
         raise ModelError(f"model.dtype='{model_cfg.dtype}': expected one of {list(DTYPES)}")
     kwargs = load_kwargs(model_cfg)
     if model_cfg.source == "tiny":
         return load_local(tiny_folder(model_cfg, cache_dir), **kwargs)
     if model_cfg.source == "tiny_base":
-        return load_local(tiny_base_folder(model_cfg, cache_dir), **kwargs)
+        folder = tiny_base_folder(model_cfg, cache_dir)
+        if not (folder / "config.json").exists():
+            raise ModelError(f"model '{model_cfg.name}' (source tiny_base) is not built at {folder}: a run.py run builds "
+                             "it first (minutes, once per cache), or call othink_mr1.jobs.tiny_base.ensure_built(cfg, "
+                             "cache_dir)")
+        return load_local(folder, **kwargs)
     if model_cfg.source == "pretrained":
         if not model_cfg.path:
             raise ModelError(f"model '{model_cfg.name}': model.path (hub id or folder) is required")

@@ -1,4 +1,4 @@
-"""Build `tiny_base`: `tiny` after a short pretraining on both synthetic tasks.
+"""The tiny_base build: `tiny` after a short pretraining on both synthetic tasks, saved as a model folder.
 
 It stands in for an instruct model: it answers in the `<think> ... </think> <answer> ... </answer>`
 format and is right part of the time, so later methods have room both to improve it and to degrade
@@ -6,6 +6,9 @@ it. The pretraining data are the synthetic train distributions drawn with their 
 are not the task's train split), with short worked solutions as targets and R1-V's prompt templates
 mixed, so the model does not hinge on one wording. After training the build scores both synthetic
 test splits with the evaluation harness and records the result in `build_report.json`.
+
+A job, not a model loader: it trains with the SFT module and evaluates with the harness, so it lives
+above methods/. models.factory only names and loads the folder; `ensure_built` builds it once.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -30,10 +34,11 @@ from ..data.records import Example, load_image
 from ..data.synthetic import counting, geometry, synthetic_split
 from ..data.tasks import TaskSplit, load_split
 from ..evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
-from ..rewards.scorers import DEFAULT_PROTOCOL
 from ..methods.base import VLMModule
 from ..methods.sft import SFTModule
-from .tiny import R1V_SUFFIXES
+from ..models.factory import cached_build, load_local, tiny_base_folder, tiny_folder
+from ..models.tiny import R1V_SUFFIXES
+from ..rewards.scorers import DEFAULT_PROTOCOL
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +49,34 @@ ACCEPTANCE_TASKS = ("counting", "geometry")
 # the cap of whichever run happens to trigger the build: the cache key ignores the cap, so a run with
 # model.max_new_tokens_cap=24 must not record (or fail) a window measured on truncated answers.
 BUILD_EVAL_MAX_NEW_TOKENS = 64
+# Pretraining images are drawn at the synthetic generators' default size, not at conf/task/*.yaml's
+# synthetic.image_size (also 112 today): the cache key covers the model config and GENERATOR_VERSION
+# only, so reading the task files here could change the built weights without changing the key.
+PRETRAIN_IMAGE_SIZE = SyntheticDataConfig().image_size
+# The checkout whose conf/ holds the task files (run.py and the tests set OTHINK_ROOT).
+ROOT = Path(os.environ.get("OTHINK_ROOT") or Path(__file__).resolve().parents[3])
 
 
 def synthetic_task(name: str) -> Any:
-    """The default synthetic task config (as in conf/task/<name>.yaml) used for the acceptance check."""
-    task = TaskConfig(name=name, source=f"synthetic_{name}", scorer=name,
-                      prompt="{question}" + R1V_SUFFIXES[0], synthetic=SyntheticDataConfig(),
-                      max_new_tokens=256 if name == "counting" else 1024)
-    return OmegaConf.structured(task)
+    """conf/task/<name>.yaml on its schema: the task the acceptance check scores, as `task=<name>` composes it.
+
+    The files, not the triggering run's `tasks.*`: the cache key ignores task settings, so a run with
+    shrunk splits or another prompt must not record (or fail) the window on its own variant."""
+    node = OmegaConf.load(ROOT / "conf" / "task" / f"{name}.yaml")
+    node.pop("defaults", None)  # the Hydra defaults list only names the schema merged below
+    return OmegaConf.merge(OmegaConf.structured(TaskConfig), node)
+
+
+def ensure_built(cfg_or_model_cfg: Any, cache_dir: str | Path) -> Path:
+    """The tiny_base folder for this model config (a run's config or its `model` node), built on first use
+    (minutes; concurrent callers wait on the folder's lock)."""
+    model_cfg = cfg_or_model_cfg.model if "model" in cfg_or_model_cfg else cfg_or_model_cfg
+    folder = tiny_base_folder(model_cfg, cache_dir)
+
+    def build(tmp: Path) -> None:
+        build_tiny_base(model_cfg, tiny_folder(model_cfg, cache_dir), tmp, cache_dir)
+
+    return cached_build(folder, build)
 
 
 class PretrainingSet(TorchDataset):
@@ -81,8 +106,6 @@ class PretrainingSet(TorchDataset):
 
 def build_tiny_base(model_cfg: Any, tiny_dir: Path, out_dir: Path, cache_dir: str | Path) -> dict[str, Any]:
     """Pretrain the tiny model saved in `tiny_dir`, check it, and save it into `out_dir`."""
-    from .factory import load_local
-
     build = model_cfg.base_build
     started = time.time()
     print(f"[tiny_base] building (first use; cached afterwards): {build.steps} steps on both synthetic tasks",
@@ -91,7 +114,7 @@ def build_tiny_base(model_cfg: Any, tiny_dir: Path, out_dir: Path, cache_dir: st
     seed = build.seed + PRETRAIN_SEED_OFFSET
     parts = [
         PretrainingSet(name, synthetic_split(f"synthetic_{name}", "train", build.num_train_per_task, seed,
-                                             SyntheticDataConfig().image_size, cache_dir), seed)
+                                             PRETRAIN_IMAGE_SIZE, cache_dir), seed)
         for name in ACCEPTANCE_TASKS
     ]
     method = OmegaConf.structured(SFTConfig(name="tiny_base_pretraining", lr=build.lr, warmup_ratio=build.warmup_ratio,
