@@ -1,0 +1,144 @@
+"""Import discipline between the package's rooms: no cycle between them, and report/ stays torch-free.
+
+A room is a top-level package of othink_mr1 (data, models, methods, rewards, evaluation, report, jobs,
+utils) or a top-level module (runner, checks, preflight, budget, config). The layering they keep is
+utils/data/rewards at the bottom, models and evaluation above them, methods above those, jobs above
+methods, and runner/preflight on top. A cycle between rooms means one of them reaches up: it is found
+statically here (every `import` / `from ... import` in a file, module-level or inside a function,
+relative or absolute), so a function-level import cannot hide it the way it hides from Python.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "othink_mr1"
+NAME = PACKAGE.name
+
+# Known cycles tolerated while they are being removed: (importing room, imported room) -> why. The
+# cycle test drops these edges and fails on any other cycle; the stale test fails once an entry no
+# longer closes a cycle, so the list only shrinks. Empty: the committed rooms form no cycle (the last
+# one, models <-> methods through the tiny_base build, went with its move to jobs/).
+ALLOWED_EDGES: dict[tuple[str, str], str] = {}
+
+Edges = dict[tuple[str, str], list[str]]
+
+
+def room_of(parts: list[str]) -> str | None:
+    """The room of a dotted module path inside the package (None outside it, or for the package itself)."""
+    return parts[1] if len(parts) > 1 and parts[0] == NAME else None
+
+
+def imported_modules(node: ast.AST, package: list[str]) -> list[list[str]]:
+    """The dotted paths an import statement names, relative ones resolved against `package`."""
+    if isinstance(node, ast.Import):
+        return [alias.name.split(".") for alias in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = package[:len(package) - node.level + 1] if node.level else []
+    module = base + (node.module.split(".") if node.module else [])
+    # `from . import config` / `from othink_mr1 import jobs`: the names are the modules.
+    return [module + [alias.name] for alias in node.names] if module == [NAME] else [module]
+
+
+def room_edges(package_dir: Path = PACKAGE) -> Edges:
+    """(importing room, imported room) -> the `file:line`s of the imports that make that edge."""
+    edges: Edges = defaultdict(list)
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = list(path.relative_to(package_dir.parent).with_suffix("").parts)
+        package = parts[:-1]  # for __init__.py too: its own package is the one it initialises
+        source = room_of(parts) or "__init__"
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            for target in imported_modules(node, package):
+                room = room_of(target)
+                if room is not None and room != source:
+                    edges[(source, room)].append(f"{path.relative_to(package_dir.parent.parent)}:{node.lineno}")
+    return dict(edges)
+
+
+def cyclic_groups(edges: Edges) -> list[set[str]]:
+    """The strongly connected groups of rooms (Tarjan): every room in one reaches every other."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    for a, b in edges:
+        graph[a].add(b)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[set[str]] = []
+
+    def visit(room: str) -> None:
+        index[room] = low[room] = len(index)
+        stack.append(room)
+        for nxt in sorted(graph[room]):
+            if nxt not in index:
+                visit(nxt)
+                low[room] = min(low[room], low[nxt])
+            elif nxt in stack:
+                low[room] = min(low[room], index[nxt])
+        if low[room] == index[room]:
+            group = set()
+            while True:
+                member = stack.pop()
+                group.add(member)
+                if member == room:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for room in sorted(graph):
+        if room not in index:
+            visit(room)
+    return groups
+
+
+def describe(group: set[str], edges: Edges) -> str:
+    """The group's rooms and every import edge inside it, with where it is made."""
+    lines = ["cycle among " + ", ".join(sorted(group)) + ":"]
+    for (a, b), where in sorted(edges.items()):
+        if a in group and b in group:
+            lines.append(f"  {a} -> {b}: " + ", ".join(where))
+    return "\n".join(lines)
+
+
+def test_the_rooms_import_each_other_without_cycles():
+    edges = room_edges()
+    kept = {edge: where for edge, where in edges.items() if edge not in ALLOWED_EDGES}
+    found = cyclic_groups(kept)
+    assert not found, "import cycles between rooms:\n" + "\n".join(describe(g, kept) for g in found)
+
+
+def test_every_allowed_edge_still_closes_a_cycle():
+    """The allow-list only shrinks: an entry whose cycle is gone must be deleted."""
+    edges = room_edges()
+    stale = [edge for edge in ALLOWED_EDGES
+             if edge not in edges or not any(set(edge) <= group for group in cyclic_groups(edges))]
+    assert not stale, f"no longer closing a cycle, delete from ALLOWED_EDGES: {stale}"
+
+
+def test_the_scanner_sees_function_level_and_relative_imports(tmp_path):
+    pkg = tmp_path / NAME
+    (pkg / "low").mkdir(parents=True)
+    (pkg / "high").mkdir()
+    (pkg / "low" / "a.py").write_text("def f():\n    from ..high import b\n")
+    (pkg / "high" / "b.py").write_text(f"import {NAME}.low.a\n")
+    (pkg / "top.py").write_text("from . import low\n")
+    edges = room_edges(pkg)
+    assert edges[("low", "high")] == [f"{tmp_path.name}/{NAME}/low/a.py:2"]
+    assert set(edges) == {("low", "high"), ("high", "low"), ("top", "low")}
+    assert cyclic_groups(edges) == [{"high", "low"}]
+
+
+def test_report_modules_import_no_torch():
+    """report/ reads run folders and writes tables on machines without the ML stack: importing any of its
+    modules must not load torch (the CLI's run is checked in test_report_gains)."""
+    modules = [f"{NAME}.report.{p.stem}" for p in sorted((PACKAGE / "report").glob("*.py")) if p.stem != "__init__"]
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}:\n"
+            "    importlib.import_module(name)\n"
+            "    assert 'torch' not in sys.modules, name\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
