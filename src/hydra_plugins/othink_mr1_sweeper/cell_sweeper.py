@@ -56,7 +56,9 @@ class CellSweeper(BasicSweeper):
                  cells: Optional[Dict[str, List[str]]] = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         if not cells:
-            raise HydraException("hydra.sweeper.cells is empty: a cell sweep needs at least one cell")
+            # Also what selecting the grids' shared base alone (sweeps=_base/grid) ends in: it has no cells.
+            raise HydraException("hydra.sweeper.cells is empty: a cell sweep needs at least one cell (pick a grid, "
+                                 "sweeps=NAME for sweeps/NAME.yaml; sweeps/_base/grid.yaml is only their shared base)")
         self.cells = {name: [str(o) for o in overrides] for name, overrides in cells.items()}
 
     def axes(self, overrides: List[Override]) -> "OrderedDict[str, List[str]]":
