@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The embedded default (tiny model, synthetic data) needs no hub and no wandb account.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: run test install clean-venv
+.PHONY: run test test-fast install clean-venv
 
 install: $(STAMP)
 
@@ -23,8 +23,14 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(OFFLINE) $(PY) run.py $(ARGS)
 
+# The full suite (CI's .ci/run).
 test: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast tier for the edit-test loop: everything but the tests marked slow (under 3 minutes on 2 cores
+# once .cache holds tiny_base and the datasets).
+test-fast: $(STAMP)
+	$(OFFLINE) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,6 +15,9 @@ import pytest
 
 from conftest import CACHE, ROOT, SHRINK, SHRINK_GRPO
 
+# Heavy: two-process gloo runs launched by Lightning (minutes); `make test-fast` skips it.
+pytestmark = pytest.mark.slow
+
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
        "trainer.check_distributed=true", "trainer.num_threads=1"]
 

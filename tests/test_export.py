@@ -184,6 +184,7 @@ def test_a_trained_export_loads_in_plain_transformers_with_the_runs_logits(sft_r
     print(f"full export: max |logit difference| = {diff:.3g}")
 
 
+@pytest.mark.slow
 def test_a_lora_model_is_exported_merged_and_loads_in_plain_transformers(tmp_path):
     from othink_mr1.models.adapters import apply_lora
 

@@ -20,6 +20,9 @@ from othink_mr1.models.tiny_families import FAMILIES
 from othink_mr1.runner import run
 from test_grpo import VARYING, varying_reward  # noqa: F401 - the fixture is used by name
 
+# Heavy: every family end to end through run.py (about a minute); `make test-fast` skips it.
+pytestmark = pytest.mark.slow
+
 QWEN = ("qwen2_5_vl", "qwen3_vl")  # the shared-prefix path; every other family takes the plain forward
 EVAL = ["eval.tasks=[counting]"]
 

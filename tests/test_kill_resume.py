@@ -13,12 +13,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import CACHE, ROOT, SHRINK, SHRINK_GRPO
 
 from othink_mr1.utils.checkpoints import AtomicCheckpointIO
+
+# Heavy: run.py subprocesses killed and resumed (minutes); `make test-fast` skips it.
+pytestmark = pytest.mark.slow
 
 RUN = ["model=tiny_base", *SHRINK_GRPO, "kl=grpo_d", "method.max_steps=6", "method.lr=1e-3",
        "trainer.checkpoint_every_n_steps=1", "save_model=true", "eval.row_zero=false", "model.max_new_tokens_cap=16"]

@@ -1,6 +1,9 @@
 """The report: tables from runs (values, std, n, best, failed and missing cells, relative changes, the
 paper's columns), the three sources (sweep directory, wandb offline, wandb API) agreeing, and the CLI's
-files and figures, end to end on the smoke sweep."""
+files and figures, end to end on the smoke sweep.
+
+Heavy: the tests on the smoke sweep (run once per session as run.py subprocesses) are marked slow.
+"""
 
 from __future__ import annotations
 
@@ -216,6 +219,7 @@ def test_a_source_that_holds_nothing_is_a_clear_error(tmp_path):
 # ------------------------------------------------------------------------- the smoke sweep
 
 
+@pytest.mark.slow
 def test_smoke_report_fills_every_cell_and_wandb_offline_gives_identical_tables(smoke_grid, tmp_path):
     process, grid = smoke_grid
     assert process.returncode == 0, process.stderr[-2000:]
@@ -259,6 +263,7 @@ def test_smoke_report_fills_every_cell_and_wandb_offline_gives_identical_tables(
     assert [s for s, _ in grpo_d.curves["train/beta"]] == [0, 1]
 
 
+@pytest.mark.slow
 def test_report_shows_failed_and_never_started_cells(smoke_grid, tmp_path):
     _, shared = smoke_grid
     grid = tmp_path / "smoke"
@@ -279,6 +284,7 @@ def test_report_shows_failed_and_never_started_cells(smoke_grid, tmp_path):
     assert _row(runs, "sft counting seed 1 (never started)")[4] == "missing"
 
 
+@pytest.mark.slow
 def test_an_unfinished_run_from_before_sweep_keys_is_named_from_its_config(smoke_grid, tmp_path):
     """A run killed before results.json whose config.yaml predates the `sweep`/`cell` keys still gets
     the identity results.json would have given it (one run_identity for both)."""

@@ -1,5 +1,8 @@
 """Sweeps as a config group: only valid (method, kl) cells, the row zero once, finished cells skipped on
-re-launch, failed cells recorded while the others finish, and the exit code counting failures."""
+re-launch, failed cells recorded while the others finish, and the exit code counting failures.
+
+Heavy: the tests that launch a grid as run.py subprocesses (16-36 s each) are marked slow; `make test-fast`
+keeps only the in-process config checks."""
 
 from __future__ import annotations
 
@@ -92,6 +95,7 @@ def _sweep(out: Path, *args: str) -> subprocess.CompletedProcess:
     return run_smoke_sweep(out, *args)
 
 
+@pytest.mark.slow
 def test_smoke_sweep_finishes_every_cell_and_relaunch_fills_only_the_gaps(smoke_grid, tmp_path):
     first, shared = smoke_grid
     assert first.returncode == 0, first.stderr[-2000:]
@@ -127,6 +131,7 @@ def test_smoke_sweep_finishes_every_cell_and_relaunch_fills_only_the_gaps(smoke_
 TRAINED_CELLS = [f"{task}_{method}_tiny_seed1" for task in ("counting", "geometry") for method in ("sft", "grpo", "grpo_d")]
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_mid_cell_and_relaunched_runs_only_the_remaining_cells(smoke_grid, tmp_path):
     """SIGKILL the whole sweep while a randomly drawn trained cell is mid-training (its step-1
     checkpoint on disk, no results yet), then re-launch it: the finished cells are skipped untouched,
@@ -173,6 +178,7 @@ def test_a_sweep_killed_mid_cell_and_relaunched_runs_only_the_remaining_cells(sm
     assert not list(grid.glob("*/attempts")), seed
 
 
+@pytest.mark.slow
 def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path):
     broken = 'hydra.sweeper.cells.grpo=["method=grpo","kl=constant","task.synthetic.num_train=0"]'
     out = _sweep(tmp_path, broken, "logger=wandb")
@@ -201,6 +207,7 @@ def test_a_failing_cell_is_recorded_and_the_others_finish(tmp_path):
     assert "failed: " in from_wandb["runs"].markdown()
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_the_grid_in_parallel_processes(tmp_path):
     out = _sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -247,6 +254,7 @@ exec "$@" > "$(fill "$out")" 2> "$(fill "${err:-$out}")"
 """
 
 
+@pytest.mark.slow
 def test_slurm_launcher_runs_one_job_per_cell(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
