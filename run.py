@@ -31,7 +31,8 @@ def main(cfg: DictConfig) -> dict:
     from hydra.types import RunMode
 
     from othink_mr1.config import run_identity
-    from othink_mr1.runner import log_failed_run, run
+    from othink_mr1.loggers import WANDB_RUN_ID_FILE, log_failed_run
+    from othink_mr1.runner import run
     from othink_mr1.utils.errors import USER_ERRORS
     from othink_mr1.utils.run_dir import FINISHED_MARKER, record_failure
 
@@ -56,7 +57,7 @@ def main(cfg: DictConfig) -> dict:
         run(cfg, overrides=overrides)
     except Exception as exc:  # noqa: BLE001 - any failure of one cell must not stop the grid
         error_file = record_failure(run_dir, exc, overrides, run_identity(cfg))
-        if cfg.logger.wandb and not (run_dir / "wandb_run_id").exists():
+        if cfg.logger.wandb and not (run_dir / WANDB_RUN_ID_FILE).exists():
             log_failed_run(cfg, run_dir, f"{type(exc).__name__}: {exc}")
         print(f"[sweep] FAILED {run_dir.name}: {exc} (details in {error_file})", file=sys.stderr, flush=True)
         return {**outcome, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import compose_config
 
-from othink_mr1.runner import resolve_wandb_mode, run
+from othink_mr1.loggers import resolve_wandb_mode
+from othink_mr1.runner import run
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def bare_wandb_env(monkeypatch, tmp_path):
 
 def run_online(tmp_path: Path, caplog) -> Path:
     cfg = compose_config(["model=tiny", "logger=wandb", "logger.mode=online", "eval.row_zero=false"], output_dir=tmp_path)
-    with caplog.at_level(logging.WARNING, logger="othink_mr1.runner"):
+    with caplog.at_level(logging.WARNING, logger="othink_mr1.loggers"):
         results = run(cfg)
     run_dir = Path(cfg.paths.run_dir)
     assert results["after"] and (run_dir / "results.json").exists()

@@ -1,9 +1,8 @@
 """Batch geometry and step budget: validated before training, printed at start-up as one line.
 
-SFT:  samples per optimizer step = batch_size x accumulate_grad_batches x processes.
-GRPO: prompts per optimizer step  = batch_size x accumulate_grad_batches x processes (= prompts_per_step),
-      each prompt expanded to num_generations completions inside its micro-batch; num_iterations (mu)
-      optimizer steps per rollout batch.
+Samples per optimizer step = batch_size x accumulate_grad_batches x processes (SFT samples; GRPO prompts,
+= prompts_per_step, each expanded to num_generations completions inside its micro-batch). A method's
+descriptor says how many optimizer steps each such batch serves (GRPO: num_iterations, mu; SFT: 1).
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .config import find_method
 
 
 def world_size(trainer_cfg: Any) -> int:
@@ -44,16 +45,11 @@ class Budget:
 def train_budget(method: Any, trainer_cfg: Any, num_train: int) -> Budget:
     procs = world_size(trainer_cfg)
     per_step = method.batch_size * method.accumulate_grad_batches * procs
-    if method.name == "grpo":
-        mu = method.num_iterations
-        steps_per_epoch = math.ceil(num_train / per_step) * mu
-        total = method.max_steps if method.max_steps is not None else steps_per_epoch * method.epochs
-        micro_batches = math.ceil(total / mu) * method.accumulate_grad_batches
-    else:
-        batches_per_epoch = math.ceil(num_train / (method.batch_size * procs))
-        steps_per_epoch = max(1, math.ceil(batches_per_epoch / method.accumulate_grad_batches))
-        total = method.max_steps if method.max_steps is not None else steps_per_epoch * method.epochs
-        micro_batches = total * method.accumulate_grad_batches
+    # Each batch of accumulate_grad_batches micro-batches serves `updates` optimizer steps (GRPO's mu).
+    updates = find_method(method.name).updates_per_batch(method)
+    steps_per_epoch = max(1, math.ceil(num_train / per_step)) * updates
+    total = method.max_steps if method.max_steps is not None else steps_per_epoch * method.epochs
+    micro_batches = math.ceil(total / updates) * method.accumulate_grad_batches
     return Budget(procs, per_step, steps_per_epoch, total, micro_batches, int(round(method.warmup_ratio * total)))
 
 
@@ -61,10 +57,4 @@ def budget_line(method: Any, kl_name: str, num_train: int, budget: Budget) -> st
     m, b = method, budget
     run = (f"{num_train} train samples -> {b.steps_per_epoch} steps/epoch; {b.total_steps} optimizer steps "
            f"({b.warmup_steps} warmup), lr {m.lr:g} {m.lr_schedule}")
-    if m.name == "grpo":
-        return (f"[budget] grpo: {m.batch_size} prompts/micro-batch x {m.accumulate_grad_batches} accumulation x "
-                f"{b.processes} process(es) = {b.samples_per_step} prompts per optimizer step; x G={m.num_generations} "
-                f"= {b.samples_per_step * m.num_generations} completions ({m.batch_size * m.num_generations} per "
-                f"micro-batch), mu={m.num_iterations}; {run}; kl {kl_name}")
-    return (f"[budget] {m.name}: {m.batch_size} samples/device x {m.accumulate_grad_batches} accumulation x "
-            f"{b.processes} process(es) = {b.samples_per_step} samples per optimizer step; {run}")
+    return f"[budget] {find_method(m.name).budget_line(m, b, run, kl_name)}"

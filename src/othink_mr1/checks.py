@@ -13,14 +13,12 @@ from .budget import world_size
 from .data.synthetic.counting import CELL, MAX_OBJECTS
 from .data.records import ON_BAD_ROW
 from .data.tasks import SOURCES
-from .methods.grpo_loss import AGGREGATIONS
-from .methods.kl_schedules import build_kl_schedule
-from .methods.schedules import LR_SCHEDULES
-from .rewards.functions import REWARDS
+from .config import find_method
+from .methods.method import config_error
+from .methods.schedules import check_lr_schedule
 from .rewards.scorers import SCORERS
 from .utils.errors import ConfigError
 
-METHODS = ("sft", "grpo")
 MODEL_SOURCES = ("tiny", "tiny_base", "pretrained")
 
 
@@ -116,11 +114,11 @@ def check_task(task: Any, key: str) -> None:
 
 
 def check_method(cfg: DictConfig) -> None:
+    """The settings every method shares, then the method's own (its descriptor's check)."""
     m = cfg.method
-    if m.name not in METHODS:
-        raise ConfigError(f"method.name='{m.name}': expected one of {list(METHODS)}")
-    if m.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"method.lr_schedule='{m.lr_schedule}': expected one of {list(LR_SCHEDULES)}")
+    method = find_method(m.name)
+    with config_error():
+        check_lr_schedule(m.lr_schedule)
     for key in ("batch_size", "accumulate_grad_batches", "epochs", "max_nonfinite_skips"):
         if m[key] < 1:
             raise ConfigError(f"method.{key}={m[key]}: must be at least 1")
@@ -128,54 +126,7 @@ def check_method(cfg: DictConfig) -> None:
         raise ConfigError(f"method.max_steps={m.max_steps}: must be at least 1 (or null to train by epochs)")
     if not 0.0 <= m.warmup_ratio < 1.0:
         raise ConfigError(f"method.warmup_ratio={m.warmup_ratio}: must be in [0, 1)")
-    if m.name == "sft":
-        if m.target not in ("auto", "solution", "thinking_solution"):
-            raise ConfigError(f"method.target='{m.target}': expected auto, solution or thinking_solution")
-        if m.loss_on not in ("assistant", "all"):
-            raise ConfigError(f"method.loss_on='{m.loss_on}': expected assistant or all")
-        if cfg.kl.name != "none":
-            raise ConfigError(f"kl={cfg.kl.name} applies to GRPO only: SFT has no KL term (drop kl= or use method=grpo)")
-    else:
-        check_grpo(cfg)
-
-
-def check_grpo(cfg: DictConfig) -> None:
-    """GRPO's batch geometry and sampling settings: everything must divide before a step is taken."""
-    m = cfg.method
-    if m.num_generations < 2:
-        raise ConfigError(f"method.num_generations={m.num_generations}: GRPO needs at least 2 completions per "
-                          "prompt (advantages are relative to the group)")
-    procs = world_size(cfg.trainer)
-    if m.prompts_per_step != m.batch_size * m.accumulate_grad_batches * procs:
-        raise ConfigError(
-            f"method.prompts_per_step={m.prompts_per_step} must equal method.batch_size={m.batch_size} x "
-            f"method.accumulate_grad_batches={m.accumulate_grad_batches} x {procs} process(es) "
-            f"= {m.batch_size * m.accumulate_grad_batches * procs}")
-    checks = [
-        (m.num_iterations >= 1, f"method.num_iterations={m.num_iterations}: must be at least 1"),
-        (m.temperature > 0, f"method.temperature={m.temperature}: must be positive"),
-        (0 < m.top_p <= 1, f"method.top_p={m.top_p}: must be in (0, 1]"),
-        (m.top_k >= 0, f"method.top_k={m.top_k}: must be >= 0 (0 = off)"),
-        (m.max_completion_length >= 1, f"method.max_completion_length={m.max_completion_length}: must be at least 1"),
-        (m.epsilon >= 0 and (m.epsilon_high is None or m.epsilon_high >= 0),
-         f"method.epsilon={m.epsilon}, method.epsilon_high={m.epsilon_high}: must be >= 0"),
-        (m.loss_aggregation in AGGREGATIONS,
-         f"method.loss_aggregation='{m.loss_aggregation}': expected one of {list(AGGREGATIONS)}"),
-        (len(m.rewards) > 0, "method.rewards is empty: name at least one reward"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-    unknown = sorted(set(m.rewards) - set(REWARDS))
-    if unknown:
-        raise ConfigError(f"method.rewards: unknown reward(s) {unknown}; available: {sorted(REWARDS)}")
-    if m.max_steps is not None and m.max_steps % m.num_iterations:
-        raise ConfigError(f"method.max_steps={m.max_steps} must be a multiple of method.num_iterations="
-                          f"{m.num_iterations} (each rollout batch is used for mu optimizer steps)")
-    try:
-        build_kl_schedule(cfg.kl)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"kl={cfg.kl.name}: {exc}") from None
+    method.check(cfg)
 
 
 def check_devices(trainer_cfg: Any) -> None:

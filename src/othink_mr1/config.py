@@ -8,14 +8,17 @@ any data is loaded or any model is built.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from .rewards.scorers import PROTOCOLS  # pure Python: no torch at config time
+from .utils.errors import ConfigError
 
 # Name sets checked when the config is composed: an unknown name fails there, and OmegaConf's message
 # names the key and lists the valid names. Members are strings (`cfg.eval.protocol == "r1v"`).
@@ -393,17 +396,43 @@ class Config:
     seeds: Any = None
 
 
+# ------------------------------------------------------------------------------------------ methods
+
+# Method <name> declares its descriptor (methods/method.py: Method) as METHOD in methods/<name>_method.py.
+METHODS_DIR = Path(__file__).parent / "methods"
+DESCRIPTOR_SUFFIX = "_method"
+
+
+def method_names() -> list[str]:
+    """Every method this checkout has, from its descriptor modules' file names (nothing imported)."""
+    return sorted(p.stem[: -len(DESCRIPTOR_SUFFIX)] for p in METHODS_DIR.glob(f"*{DESCRIPTOR_SUFFIX}.py"))
+
+
+def find_method(name: str) -> Any:
+    """The descriptor of method `name`, looked up by name as Hydra resolves a `_target_`: config sits below
+    methods/ and never imports it; the descriptor modules are torch-free and import only downwards. An
+    unknown name is a ConfigError listing the known ones."""
+    if name not in method_names():
+        raise ConfigError(f"method.name='{name}': expected one of {method_names()}")
+    return importlib.import_module(f"{__package__}.methods.{name}{DESCRIPTOR_SUFFIX}").METHOD
+
+
 def register_configs() -> None:
     """Store the schemas so the YAML options can name them in their defaults lists."""
     cs = ConfigStore.instance()
     cs.store(name="schema_config", node=Config)
     # In a group of their own, not in the groups they type, so `task=<typo>` lists only real options.
-    for name, node in (("task", TaskConfig), ("model", ModelConfig), ("sft", SFTConfig), ("grpo", GRPOConfig),
-                       ("kl_none", KLConfig), ("kl_constant", ConstantKLConfig), ("kl_grpo_d", GRPODKLConfig),
-                       ("kl_linear", LinearKLConfig), ("kl_cosine", CosineKLConfig), ("kl_step", StepKLConfig),
-                       ("kl_adaptive", AdaptiveKLConfig), ("trainer", TrainerConfig), ("logger", LoggerConfig),
-                       ("paths", PathsConfig), ("eval", EvalConfig)):
+    for name, node in (("task", TaskConfig), ("model", ModelConfig), ("kl_none", KLConfig),
+                       ("kl_constant", ConstantKLConfig), ("kl_grpo_d", GRPODKLConfig), ("kl_linear", LinearKLConfig),
+                       ("kl_cosine", CosineKLConfig), ("kl_step", StepKLConfig), ("kl_adaptive", AdaptiveKLConfig),
+                       ("trainer", TrainerConfig), ("logger", LoggerConfig), ("paths", PathsConfig), ("eval", EvalConfig)):
         cs.store(group="schema", name=name, node=node)
+    from hydra.utils import get_object
+
+    for name in method_names():  # each method names its own schema (`- /schema/<method>@_here_`)
+        schema = find_method(name).schema
+        if schema is not None:
+            cs.store(group="schema", name=name, node=get_object(schema))
     _register_resolvers()
 
 
@@ -414,11 +443,10 @@ def _suffix(value: Any) -> str:
 
 
 def method_tag(method: str, kl: str) -> str:
-    """The method as run names and tables show it: sft, grpo_d (GRPO with the dynamic KL), grpo
-    (constant beta, the paper's baseline), or grpo_kl-<schedule> for the other schedules."""
-    if method != "grpo":
-        return method
-    return {"grpo_d": "grpo_d", "constant": "grpo"}.get(kl, f"grpo_kl-{kl}")
+    """The method as run names, results and tables show it: its descriptor's tag for this KL schedule
+    (sft; grpo_d, grpo or grpo_kl-<schedule>: methods/grpo_method.py). A method this checkout lacks (an
+    old run's, read by the report) keeps its name."""
+    return find_method(method).tag(kl) if method in method_names() else method
 
 
 def run_identity(cfg: Any) -> dict[str, Any]:
@@ -440,8 +468,6 @@ def _ckpt_tag(value: Any) -> str:
     """A short, path-free label for a checkpoint, used in eval-mode run names."""
     if value in (None, ""):
         return ""
-    from pathlib import Path
-
     p = Path(str(value))
     # outputs/runs/<run>/checkpoints/last.ckpt -> <run>-last ; a model folder -> its name.
     if p.suffix == ".ckpt" and p.parent.name == "checkpoints":

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from .collate import PromptCollator, SFTCollator
+from .collate import PromptCollator
 from .records import BadRows, DataError
 from .sampling import ResumableLoader, ShardSampler
 from .tasks import TaskSplit, load_split
@@ -26,12 +26,13 @@ class VLMDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, task: Any, eval_tasks: dict[str, Any], cache_dir: str, train_batch_size: int = 8,
-                 eval_batch_size: int = 16, sft_target: str = "auto", loss_on: str = "assistant",
-                 num_workers: int = 0, with_train: bool = True, method: str = "sft", seed: int = 0,
-                 on_bad_row: str = "error", max_bad_fraction: float = 0.1):
+                 eval_batch_size: int = 16, train_collator: Callable[..., Any] | None = None, sft_target: str = "auto",
+                 num_workers: int = 0, with_train: bool = True, seed: int = 0, on_bad_row: str = "error",
+                 max_bad_fraction: float = 0.1):
         super().__init__()
-        # sft batches are prompt + target with labels; grpo batches are prompts (completions are sampled).
-        self.method = method
+        # The method's collator class (its descriptor's train_collator): called as
+        # train_collator(processor, template, split=...) once the processor exists.
+        self.train_collator = train_collator
         self.seed = seed
         # Micro-batches of the whole run (set from the budget before training starts).
         self.train_num_batches: int | None = None
@@ -41,7 +42,6 @@ class VLMDataModule(pl.LightningDataModule):
         self.train_batch_size = train_batch_size
         self.eval_batch_size = eval_batch_size
         self.sft_target = sft_target
-        self.loss_on = loss_on
         self.num_workers = num_workers
         self.with_train = with_train
         self.processor = None  # set by the runner once the model's processor exists
@@ -75,11 +75,9 @@ class VLMDataModule(pl.LightningDataModule):
             raise DataError("no train split: this data module was built for evaluation only")
         if self.train_num_batches is None:
             raise RuntimeError("VLMDataModule.train_num_batches must be set from the run's budget")
-        processor = self._require_processor()
-        if self.method == "sft":
-            collate = SFTCollator(processor, self.task.prompt, self.loss_on, split=f"{self.task.name} train")
-        else:
-            collate = PromptCollator(processor, self.task.prompt, split=f"{self.task.name} train")
+        if self.train_collator is None:
+            raise RuntimeError("VLMDataModule.train_collator must be given to build the training loader")
+        collate = self.train_collator(self._require_processor(), self.task.prompt, split=f"{self.task.name} train")
         return ResumableLoader(self.train_split, batch_size=self.train_batch_size, num_batches=self.train_num_batches,
                                seed=self.seed, collate_fn=collate, num_workers=self.num_workers)
 

@@ -122,6 +122,11 @@ class TrainableModule(VLMModule):
         # Shared with the training loader: micro-batches consumed, saved with the loader's state.
         self.data_position = data_position
 
+    @classmethod
+    def from_config(cls, cfg: Any, model: torch.nn.Module, processor: Any, **common: Any) -> "TrainableModule":
+        """The module a run trains (runner.build_module); a method needing more of the config overrides it."""
+        return cls(model, processor, **common)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Before the batch's hooks and checkpoint: a checkpoint after this batch counts it as consumed.
         if self.data_position is not None:

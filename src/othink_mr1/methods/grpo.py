@@ -15,14 +15,16 @@ The loss itself lives in grpo_loss.py.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..evaluation.harness import completion_mask, stop_token_ids, suppressed_token_ids
+from ..evaluation.harness import completion_mask, effective_max_new_tokens, stop_token_ids, suppressed_token_ids
 from ..rewards.functions import compute_rewards
 from ..rewards.scorers import DEFAULT_PROTOCOL
+from ..models.adapters import has_adapters
 from ..models.prefix_sharing import (
     full_position_ids,
     grouped_completion_logits,
@@ -32,7 +34,7 @@ from ..models.prefix_sharing import (
 )
 from .base import TrainableModule
 from .grpo_loss import StepSizes, group_advantages, grpo_loss, token_log_probs
-from .kl_schedules import KLSchedule
+from .kl_schedules import KLSchedule, build_kl_schedule
 
 @dataclass
 class Rollout:
@@ -128,6 +130,18 @@ class GRPOModule(TrainableModule):
         # (prompt index, completions sampled for it) of this rank since the last check; read and
         # cleared by utils.distributed.DistributedChecks.
         self.rollout_groups: list[tuple[int, int]] = []
+
+    @classmethod
+    def from_config(cls, cfg: Any, model: torch.nn.Module, processor: Any, **common: Any) -> "GRPOModule":
+        kl = build_kl_schedule(cfg.kl)
+        # The reference is the starting policy, frozen; never loaded when beta can never be positive.
+        # Under LoRA it is the policy itself with its adapters switched off (no second copy).
+        adapter_reference = kl.can_be_positive and has_adapters(model)
+        reference = (copy.deepcopy(model).eval().requires_grad_(False)
+                     if kl.can_be_positive and not adapter_reference else None)
+        max_new = effective_max_new_tokens(cfg.method.max_completion_length, cfg.model.max_new_tokens_cap)
+        return cls(model, processor, kl=kl, reference=reference, adapter_reference=adapter_reference,
+                   scorer=cfg.task.scorer, max_new_tokens=max_new, **common)
 
     @property
     def reference(self) -> torch.nn.Module | None:
@@ -248,18 +262,22 @@ class GRPOModule(TrainableModule):
                          num_tokens=int(sum(int(r.completion_mask.sum()) for r in rollouts)),
                          max_completion_length=self.max_new_tokens)
 
+    def policy_loss(self, logp: torch.Tensor, rollout: Rollout, beta: float,
+                    sizes: StepSizes) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One rollout's share of the step loss and its statistics (grpo_loss.py); a variant of GRPO
+        that changes only the objective overrides this alone."""
+        m = self.method
+        return grpo_loss(logp, rollout.advantages, rollout.completion_mask, old_logp=rollout.old_logp,
+                         ref_logp=rollout.ref_logp, beta=beta, epsilon=m.epsilon, epsilon_high=m.epsilon_high,
+                         aggregation=m.loss_aggregation, sizes=sizes)
+
     def accumulate_gradients(self, rollouts: list[Rollout], beta: float, backward: Any = None) -> dict[str, float]:
         """Backward of the step loss over all micro-batches (gradients add up in .grad)."""
-        m = self.method
         backward = backward or self.manual_backward
         sizes = self.step_sizes(rollouts)
         totals = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
         for rollout in rollouts:
-            loss, stats = grpo_loss(
-                self.log_probs(self.model, rollout), rollout.advantages, rollout.completion_mask,
-                old_logp=rollout.old_logp, ref_logp=rollout.ref_logp, beta=beta, epsilon=m.epsilon,
-                epsilon_high=m.epsilon_high, aggregation=m.loss_aggregation, sizes=sizes,
-            )
+            loss, stats = self.policy_loss(self.log_probs(self.model, rollout), rollout, beta, sizes)
             backward(loss)
             # Token-weighted means over the step.
             share = float(stats["tokens"]) / max(sizes.num_tokens, 1)

@@ -28,6 +28,11 @@ AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
 ADVANTAGE_EPS = 1e-4
 
 
+def check_aggregation(aggregation: str) -> None:
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"method.loss_aggregation='{aggregation}': expected one of {list(AGGREGATIONS)}")
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
     """(r - group mean) / (group std + 1e-4) for consecutive groups of `group_size` rewards."""
     grouped = rewards.view(-1, group_size)
@@ -76,8 +81,7 @@ def grpo_loss(
     logp, old_logp, ref_logp, mask: [sequences, completion tokens]; advantages: [sequences].
     `sizes` defaults to this micro-batch alone (then the loss is the full-batch loss).
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"method.loss_aggregation='{aggregation}': expected one of {list(AGGREGATIONS)}")
+    check_aggregation(aggregation)
     mask = mask.to(logp.dtype)
     if sizes is None:
         sizes = StepSizes(logp.shape[0], int(mask.sum().item()), logp.shape[1])

@@ -9,10 +9,14 @@ import torch
 LR_SCHEDULES = ("cosine", "linear", "constant")
 
 
-def lr_multiplier(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
-    """Factor on the base lr at optimizer step `step` (0-based)."""
+def check_lr_schedule(kind: str) -> None:
     if kind not in LR_SCHEDULES:
         raise ValueError(f"method.lr_schedule='{kind}': expected one of {list(LR_SCHEDULES)}")
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
+    """Factor on the base lr at optimizer step `step` (0-based)."""
+    check_lr_schedule(kind)
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if kind == "constant":

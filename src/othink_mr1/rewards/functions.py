@@ -43,11 +43,15 @@ def format(completions: list[str], **_: Any) -> list[float]:  # noqa: A001 - the
 REWARDS: dict[str, RewardFn] = {"accuracy": accuracy, "accuracy_r1v": accuracy_r1v, "format": format}
 
 
-def compute_rewards(weights: dict[str, float], completions: list[str], **columns: Any) -> tuple[list[float], dict[str, list[float]]]:
-    """(weighted total per completion, each reward's values by name)."""
-    unknown = sorted(set(weights) - set(REWARDS))
+def check_reward_names(names: Any) -> None:
+    unknown = sorted(set(names) - set(REWARDS))
     if unknown:
         raise ValueError(f"method.rewards: unknown reward(s) {unknown}; available: {sorted(REWARDS)}")
+
+
+def compute_rewards(weights: dict[str, float], completions: list[str], **columns: Any) -> tuple[list[float], dict[str, list[float]]]:
+    """(weighted total per completion, each reward's values by name)."""
+    check_reward_names(weights)
     parts = {name: REWARDS[name](completions, **columns) for name in weights}
     total = [sum(weights[name] * parts[name][i] for name in weights) for i in range(len(completions))]
     return total, parts
