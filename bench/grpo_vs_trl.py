@@ -69,7 +69,7 @@ def trl_side(args: argparse.Namespace, ours: dict[str, Any], out: Path) -> Any:
     from trl import GRPOConfig, GRPOTrainer
 
     from othink_mr1.data.collate import chat_messages
-    from othink_mr1.rewards.functions import compute_rewards
+    from othink_mr1.rewards.grpo_rewards import compute_rewards
 
     split, task = ours["split"], ours["cfg"].task
     rows = []

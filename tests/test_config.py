@@ -46,6 +46,78 @@ def test_every_option_composes_and_resolves(group, option, tmp_path):
         assert plain[group]["name"] == option
 
 
+def _own_values(path: Path) -> tuple[dict, list]:
+    """A config file's own values (its defaults list apart) and its defaults list."""
+    node = yaml.safe_load(path.read_text()) or {}
+    return node, node.pop("defaults", [])
+
+
+def _inherited(group: str, option: str) -> dict:
+    """What `group/option` would be without its own values: its schema's defaults, then the same
+    group's options its defaults list extends (trainer/gpu extends trainer/default, ...)."""
+    from hydra.core.config_store import ConfigStore
+
+    base = OmegaConf.create({})
+    for entry in _own_values(CONF / group / f"{option}.yaml")[1]:
+        if not isinstance(entry, str) or entry == "_self_":
+            continue
+        if entry.startswith("/schema/"):
+            schema = ConfigStore.instance().load(entry.removeprefix("/").split("@")[0] + ".yaml").node
+            base = OmegaConf.merge(base, schema)
+        elif "/" not in entry and "@" not in entry:
+            parent = OmegaConf.merge(_inherited(group, entry), _own_values(CONF / group / f"{entry}.yaml")[0])
+            base = OmegaConf.merge(base, parent)
+    return OmegaConf.to_container(base)
+
+
+def _leaves(node: dict, prefix: str = ""):
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _lookup(node: dict, dotted: str):
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return "<absent>"
+        node = node[key]
+    return node
+
+
+def _restated(own: dict, inherited: dict) -> list[str]:
+    return [f"{key}={value!r}" for key, value in _leaves(own) if _lookup(inherited, key) == value]
+
+
+GLOBAL_GROUPS = ("model_method", "experiment")  # `# @package _global_` files, checked against a composition
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g, o in ALL_OPTIONS if g not in GLOBAL_GROUPS])
+def test_no_option_restates_a_value_it_inherits(group, option):
+    """Each default is stated once: an option sets only what differs from its schema's defaults and
+    from the options it extends (a restated value would silently pin it when the default moves)."""
+    own = _own_values(CONF / group / f"{option}.yaml")[0]
+    assert _restated(own, _inherited(group, option)) == [], f"conf/{group}/{option}.yaml restates inherited values"
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "experiment").glob("*.yaml")) + sorted((CONF / "model_method").glob("*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_experiments_and_pair_settings_list_only_their_deltas(path):
+    """An experiment (or a model/method pair file) sets only values its group choices do not already give."""
+    own, defaults = _own_values(path)
+    if path.parent.name == "experiment":
+        choices = [f"{k.removeprefix('override /')}={v}" for entry in defaults if isinstance(entry, dict)
+                   for k, v in entry.items()]
+        choices += [f"experiment={entry}" for entry in defaults if isinstance(entry, str) and entry != "_self_"]
+    else:  # the pair's method composed with a model that has no pair file
+        model, method = next((m, path.stem.removeprefix(f"{m}_")) for m in options("model") if path.stem.startswith(f"{m}_")
+                             and path.stem.removeprefix(f"{m}_") in options("method"))
+        choices = [f"method={method}", "model=pretrained", "model.path=/x"]
+    plain = OmegaConf.to_container(compose_config(choices, shrink=False), resolve=False)
+    assert _restated(own, plain) == [], f"{path.relative_to(ROOT)} restates values its choices already give"
+
+
 def test_sweep_config_is_a_group_and_launches_a_multirun(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

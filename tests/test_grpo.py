@@ -17,7 +17,7 @@ from othink_mr1.data.tasks import TaskSplit, load_split
 from othink_mr1.methods.grpo import GRPOModule, completion_mask
 from othink_mr1.methods.kl_schedules import ConstantKL
 from othink_mr1.models.factory import load_local
-from othink_mr1.rewards import functions
+from othink_mr1.rewards import grpo_rewards
 from othink_mr1.runner import build_module, run
 from othink_mr1.utils.errors import ConfigError
 
@@ -29,7 +29,7 @@ VARYING = ["method.rewards.accuracy=0.0", "method.rewards.format=0.0", "+method.
 
 @pytest.fixture(autouse=True)
 def varying_reward(monkeypatch):
-    monkeypatch.setitem(functions.REWARDS, "length_mod", lambda completions, **_: [float(len(c) % 5) for c in completions])
+    monkeypatch.setitem(grpo_rewards.REWARDS, "length_mod", lambda completions, **_: [float(len(c) % 5) for c in completions])
 
 
 def grpo_cfg(tmp_path, *overrides: str):

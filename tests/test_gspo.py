@@ -29,9 +29,9 @@ LENGTH_MOD = "lambda completions, **_: [float(len(c) % 5) for c in completions]"
 
 @pytest.fixture(autouse=True)
 def varying_reward(monkeypatch):
-    from othink_mr1.rewards import functions
+    from othink_mr1.rewards import grpo_rewards
 
-    monkeypatch.setitem(functions.REWARDS, "length_mod", eval(LENGTH_MOD))
+    monkeypatch.setitem(grpo_rewards.REWARDS, "length_mod", eval(LENGTH_MOD))
 
 
 def unchanged_parameters(start, exported: Path) -> list[str]:
@@ -114,8 +114,8 @@ def test_a_token_level_aggregation_is_refused(tmp_path):
 def test_run_py_trains_gspo_and_names_the_run_gspo(tmp_path, tiny):
     """`python run.py method=gspo model=tiny`, 2 steps with rewards that differ: every weight moves."""
     # run.py in a process of its own, with the varying reward added to the registry first.
-    script = (f"import runpy, sys; from othink_mr1.rewards import functions; "
-              f"functions.REWARDS['length_mod'] = {LENGTH_MOD}; "
+    script = (f"import runpy, sys; from othink_mr1.rewards import grpo_rewards; "
+              f"grpo_rewards.REWARDS['length_mod'] = {LENGTH_MOD}; "
               f"sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
     args = [*SHRINK, *SHRINK_GRPO, "model=tiny", "method=gspo", *VARYING, "method.lr=1e-3", "save_model=true",
             "eval.row_zero=false", f"paths.cache_dir={CACHE}"]

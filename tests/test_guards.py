@@ -14,7 +14,7 @@ import torch
 from conftest import compose_config
 
 from othink_mr1.methods import grpo as grpo_module
-from othink_mr1.methods.base import NonFiniteError
+from othink_mr1.methods.evaluation_module import NonFiniteError
 from othink_mr1.methods.grpo import GRPOModule
 from othink_mr1.methods.grpo_loss import k3_kl
 from othink_mr1.methods.sft import SFTModule
@@ -75,7 +75,7 @@ def test_k_nan_steps_in_a_row_stop_the_run_with_the_message(tmp_path, monkeypatc
 
 
 def test_a_nan_reward_is_caught_too(tmp_path, monkeypatch):
-    from othink_mr1.rewards import functions
+    from othink_mr1.rewards import grpo_rewards
 
     calls = [0]
 
@@ -83,7 +83,7 @@ def test_a_nan_reward_is_caught_too(tmp_path, monkeypatch):
         calls[0] += 1
         return [float("nan") if calls[0] == 2 else float(len(c) % 5) for c in completions]
 
-    monkeypatch.setitem(functions.REWARDS, "length_mod", sometimes_nan)
+    monkeypatch.setitem(grpo_rewards.REWARDS, "length_mod", sometimes_nan)
     cfg = compose_config(["model=tiny", *VARYING, "method.max_steps=3", "kl=constant", "eval.row_zero=false"],
                          output_dir=tmp_path)
     assert run(cfg)["train"]["skipped_steps"] == 1

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from othink_mr1.rewards.functions import REWARDS, compute_rewards
+from othink_mr1.rewards.grpo_rewards import REWARDS, compute_rewards
 from othink_mr1.rewards.scorers import FORMAT_PATTERN, MAX_R1V_CHARS, PROTOCOLS, answer_span, format_ok, get_scorer
 
 TOKENS = ["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "a", "3", "70°", "<", ">", "/"]

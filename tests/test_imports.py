@@ -1,7 +1,7 @@
 """Import discipline between the package's rooms: no cycle between them, and report/ stays torch-free.
 
 A room is a top-level package of othink_mr1 (data, models, methods, rewards, evaluation, report, jobs,
-utils) or a top-level module (runner, checks, preflight, budget, config). The layering they keep is
+utils) or a top-level module (runner, config_checks, preflight, budget, config). The layering they keep is
 utils/data/rewards at the bottom, models and evaluation above them, methods above those, jobs above
 methods, and runner/preflight on top. A cycle between rooms means one of them reaches up: it is found
 statically here (every `import` / `from ... import` in a file, module-level or inside a function,

@@ -252,7 +252,7 @@ def test_counting_multi_runs_through_both_collators_in_a_mixed_batch(processor, 
 
 
 def test_counting_multi_task_config_composes_and_scores_itself(make_cfg):
-    from othink_mr1.checks import check_task
+    from othink_mr1.config_checks import check_task
 
     cfg = make_cfg("task=counting_multi", "eval.tasks=[counting_multi]")
     assert cfg.task.source == "synthetic_counting_multi" and list(cfg.task.eval_tasks) == ["counting_multi"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import math_verify
 import pytest
 
-from othink_mr1.rewards.functions import REWARDS
+from othink_mr1.rewards.grpo_rewards import REWARDS
 from othink_mr1.rewards.scorers import MAX_R1V_CHARS, PROTOCOLS, Score, get_scorer
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "geoqa_outputs" / "generate.py"

@@ -92,7 +92,7 @@ def test_an_unfinished_attempt_is_kept_aside(make_cfg):
 
 
 def test_resume_auto_continues_only_where_a_checkpoint_is_and_sets_a_failed_record_aside(make_cfg, tmp_path):
-    from othink_mr1.checks import check_config
+    from othink_mr1.config_checks import check_config
     from othink_mr1.runner import resume_checkpoint
     from othink_mr1.utils.run_dir import claim_run_dir
 
@@ -319,7 +319,7 @@ def test_eval_mode_honours_every_tasks_overrides(make_cfg):
     (["tasks.counting.eval_size=4"], "'counting' is the trained task, so task.* describes it .*set task.eval_size"),
 ])
 def test_task_overrides_that_would_be_ignored_are_errors(make_cfg, overrides, message):
-    from othink_mr1.checks import check_config
+    from othink_mr1.config_checks import check_config
 
     with pytest.raises(ConfigError, match=message):
         check_config(make_cfg(*overrides), overrides)

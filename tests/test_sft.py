@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from othink_mr1.config import SFTConfig, SyntheticDataConfig, TaskConfig
 from othink_mr1.data.collate import SFTCollator
 from othink_mr1.data.tasks import TaskSplit, load_split
-from othink_mr1.methods.schedules import build_scheduler, lr_multiplier
+from othink_mr1.methods.lr_schedules import build_scheduler, lr_multiplier
 from othink_mr1.methods.sft import SFTModule
 
 
@@ -26,7 +26,9 @@ def counting_train(cache_dir, n=16):
 
 
 def fit(model, processor, loader, steps, **method):
-    cfg = OmegaConf.structured(SFTConfig(name="sft", lr=1e-3, warmup_ratio=0.0, lr_schedule="constant", **method))
+    settings = dict(lr=1e-3, warmup_ratio=0.0, lr_schedule="constant", batch_size=loader.batch_size, epochs=1,
+                    accumulate_grad_batches=1, target="auto", loss_on="assistant") | method
+    cfg = OmegaConf.structured(SFTConfig(name="sft", **settings))
     module = SFTModule(model, processor, cfg, total_steps=steps)
     trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=cfg.max_grad_norm)

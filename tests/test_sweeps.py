@@ -71,7 +71,7 @@ def test_seeds_override_sets_the_seed_axis():
 @pytest.mark.parametrize("name", CELL_SWEEPS)
 def test_every_cell_of_every_sweep_composes(name, tmp_path):
     """Each cell's overrides compose into a valid config (checked before any job would start)."""
-    from othink_mr1.checks import check_config
+    from othink_mr1.config_checks import check_config
 
     seen = set()
     for job in expand(name):

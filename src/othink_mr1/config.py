@@ -29,13 +29,17 @@ ImageBackend = StrEnum("ImageBackend", {name: name for name in IMAGE_BACKENDS})
 
 # --------------------------------------------------------------------------------------------- task
 
+# R1-V's prompt (the paper's, for counting and geometry alike).
+R1V_PROMPT = ("{question}  Output the thinking process in <think> </think> and final answer (number) in "
+              "<answer> </answer> tags.")
+
 
 @dataclass
 class SyntheticDataConfig:
     """Size and seed of a generated (Pillow-rendered) dataset."""
 
-    num_train: int = 2000
-    num_test: int = 200
+    num_train: int = MISSING
+    num_test: int = MISSING
     image_size: int = 112
     seed: int = 0
 
@@ -49,12 +53,13 @@ class TaskConfig:
     source: str = MISSING
     # Scorer used by evaluation and rewards: counting | geometry.
     scorer: str = MISSING
-    # One template shared by SFT, GRPO and evaluation; must contain "{question}".
-    prompt: str = MISSING
+    # One template shared by SFT, GRPO and evaluation; must contain "{question}". Default: R1-V's
+    # training prompt, which the paper uses for every task.
+    prompt: str = R1V_PROMPT
     # Evaluation normally reuses `prompt`; set this to reproduce R1-V's separate eval templates.
     eval_prompt: Optional[str] = None
     # Greedy decoding budget per item at evaluation (R1-V: 256 counting, 1024 geometry).
-    max_new_tokens: int = 256
+    max_new_tokens: int = MISSING
     # Optional few-shot subset of the train split (the paper trains counting on 100 samples).
     train_size: Optional[int] = None
     train_subset_seed: int = 0
@@ -79,33 +84,33 @@ class TaskConfig:
 class TinyArchConfig:
     """Architecture of the embedded tiny Qwen2-VL (random weights, local tokenizer)."""
 
-    vocab_size: int = 1024
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
-    max_position_embeddings: int = 1024
-    vision_depth: int = 2
-    vision_embed_dim: int = 64
-    vision_num_heads: int = 4
-    vision_mlp_ratio: int = 2
-    seed: int = 0
+    vocab_size: int = MISSING
+    hidden_size: int = MISSING
+    intermediate_size: int = MISSING
+    num_hidden_layers: int = MISSING
+    num_attention_heads: int = MISSING
+    num_key_value_heads: int = MISSING
+    max_position_embeddings: int = MISSING
+    vision_depth: int = MISSING
+    vision_embed_dim: int = MISSING
+    vision_num_heads: int = MISSING
+    vision_mlp_ratio: int = MISSING
+    seed: int = MISSING
 
 
 @dataclass
 class TinyBaseBuildConfig:
     """The short 'pretraining' that turns `tiny` into `tiny_base` (a stand-in instruct model)."""
 
-    steps: int = 400
-    batch_size: int = 16
-    lr: float = 1.0e-3
-    warmup_ratio: float = 0.05
-    num_train_per_task: int = 3000
+    steps: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    warmup_ratio: float = MISSING
+    num_train_per_task: int = MISSING
     # Accuracy window the built model must land in on each synthetic test split.
-    min_accuracy: float = 0.15
-    max_accuracy: float = 0.60
-    seed: int = 0
+    min_accuracy: float = MISSING
+    max_accuracy: float = MISSING
+    seed: int = MISSING
 
 
 @dataclass
@@ -171,16 +176,18 @@ class MethodConfig:
     """What every training method shares: optimisation and batch geometry."""
 
     name: str = MISSING
-    lr: float = 2.0e-5
+    # The method's recipe is stated in conf/method/<name>.yaml (MISSING here); the settings below with a
+    # value are the same for every method and stated only here.
+    lr: float = MISSING
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    lr_schedule: str = "cosine"  # cosine | linear | constant
-    warmup_ratio: float = 0.1
+    lr_schedule: str = MISSING  # cosine | linear | constant
+    warmup_ratio: float = MISSING
     max_grad_norm: Optional[float] = 1.0
     # Prompts per device per micro-batch, and micro-batches per optimizer step.
-    batch_size: int = 8
-    accumulate_grad_batches: int = 1
-    epochs: int = 1
+    batch_size: int = MISSING
+    accumulate_grad_batches: int = MISSING
+    epochs: int = MISSING
     # Optimizer steps; overrides `epochs` when set.
     max_steps: Optional[int] = None
     # A step with a non-finite loss, reward or gradient is skipped (counted, logged); this many in a
@@ -191,9 +198,9 @@ class MethodConfig:
 @dataclass
 class SFTConfig(MethodConfig):
     # auto: "thinking + solution" when the data has a thinking field, else the solution alone.
-    target: str = "auto"  # auto | solution | thinking_solution
+    target: str = MISSING  # auto | solution | thinking_solution
     # Loss on the assistant tokens only (R1-V) or on every non-image token of the sequence.
-    loss_on: str = "assistant"  # assistant | all
+    loss_on: str = MISSING  # assistant | all
 
 
 @dataclass
@@ -202,36 +209,36 @@ class GRPOConfig(MethodConfig):
 
     Batch geometry: `prompts_per_step` = batch_size (prompts per micro-batch per device) x
     accumulate_grad_batches x devices; each prompt is expanded to `num_generations` completions inside
-    the step, so a group never crosses micro-batches or devices.
+    the step, so a group never crosses micro-batches or devices. Values: conf/method/grpo.yaml.
     """
 
-    prompts_per_step: int = 16
-    num_generations: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
+    prompts_per_step: int = MISSING
+    num_generations: int = MISSING
+    temperature: float = MISSING
+    top_p: float = MISSING
     # 0 samples from the whole distribution (what the loss's log-probs assume); R1-V inherited
     # transformers' default top_k = 50.
-    top_k: int = 0
-    max_completion_length: int = 512
+    top_k: int = MISSING
+    max_completion_length: int = MISSING
     # The end-of-turn token is blocked before this many tokens (0: off). For benchmarks that need equal
     # completion lengths (bench/grpo_vs_trl.py), like generate()'s min_new_tokens.
-    min_completion_length: int = 0
+    min_completion_length: int = MISSING
     # Reward name -> weight; total = sum(weight * reward). format weight = the paper's alpha.
-    rewards: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 1.0})
+    rewards: dict[str, float] = MISSING
     # (r - mean) / (std + 1e-4) within each group; False keeps r - mean (Dr. GRPO).
-    scale_rewards: bool = True
+    scale_rewards: bool = MISSING
     # mu: updates per rollout batch. 1 (R1-V) makes the ratio identically 1 and the clip inert.
-    num_iterations: int = 1
-    epsilon: float = 0.2
+    num_iterations: int = MISSING
+    epsilon: float = MISSING
     # Upper clip bound (DAPO's clip-higher); None = epsilon.
-    epsilon_high: Optional[float] = None
+    epsilon_high: Optional[float] = MISSING
     # grpo: token mean per completion, then mean (the paper's); dapo: token mean over the batch;
     # dr_grpo: token sum over a fixed max_completion_length.
-    loss_aggregation: str = "grpo"
+    loss_aggregation: str = MISSING
     # Log-prob passes run each prompt (and image) once and its G completions on top of the shared KV
     # cache (models/prefix_sharing.py): same values to float tolerance, about 2.5x less work on the
     # tiny tasks. False runs every prompt + completion sequence in full (a reference for the check).
-    share_prompt_prefix: bool = True
+    share_prompt_prefix: bool = MISSING
 
 
 # ---------------------------------------------------------------------------------------- kl
@@ -239,54 +246,55 @@ class GRPOConfig(MethodConfig):
 
 @dataclass
 class KLConfig:
-    """KL-coefficient schedule for GRPO (`kl=`); `none` = no KL term and no reference model."""
+    """KL-coefficient schedule for GRPO (`kl=`); `none` = no KL term and no reference model. The values
+    are stated in conf/kl/<name>.yaml."""
 
-    name: str = "none"
+    name: str = MISSING
 
 
 @dataclass
 class ConstantKLConfig(KLConfig):
-    beta: float = 0.04
+    beta: float = MISSING
 
 
 @dataclass
 class GRPODKLConfig(KLConfig):
     """OThink-MR1's dynamic KL: beta_mid -> beta_min over warmup_ratio of the steps, then -> beta_max."""
 
-    beta_min: float = 0.04
-    beta_max: float = 0.10
-    warmup_ratio: float = 0.3
+    beta_min: float = MISSING
+    beta_max: float = MISSING
+    warmup_ratio: float = MISSING
 
 
 @dataclass
 class LinearKLConfig(KLConfig):
-    beta_start: float = 0.0
-    beta_end: float = 0.04
+    beta_start: float = MISSING
+    beta_end: float = MISSING
 
 
 @dataclass
 class CosineKLConfig(KLConfig):
-    beta_start: float = 0.04
-    beta_end: float = 0.0
+    beta_start: float = MISSING
+    beta_end: float = MISSING
 
 
 @dataclass
 class StepKLConfig(KLConfig):
     # beta = values[i] from milestones[i-1] (a fraction of the run) on; values has one more entry.
-    milestones: list[float] = field(default_factory=lambda: [0.5])
-    values: list[float] = field(default_factory=lambda: [0.01, 0.04])
+    milestones: list[float] = MISSING
+    values: list[float] = MISSING
 
 
 @dataclass
 class AdaptiveKLConfig(KLConfig):
     """A proportional controller on the loss-term coefficient towards a target per-token KL."""
 
-    beta: float = 0.04
-    target: float = 0.01
+    beta: float = MISSING
+    target: float = MISSING
     # Optimizer steps over which a 20% KL error moves beta by about 20%.
-    horizon: int = 10
-    beta_min: float = 0.0
-    beta_max: float = 1.0
+    horizon: int = MISSING
+    beta_min: float = MISSING
+    beta_max: float = MISSING
 
 
 # ------------------------------------------------------------------------------- the other groups

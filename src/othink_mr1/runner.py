@@ -20,13 +20,13 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
 from .budget import Budget, budget_line, train_budget
-from .checks import check_config
+from .config_checks import check_config
 from .config import find_method, run_identity
 from .data.datamodule import VLMDataModule
 from .data.records import BadRows, row_label
 from .evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
 from .loggers import build_loggers, wandb_closed, write_wandb_summary
-from .methods.base import VLMModule
+from .methods.evaluation_module import EvaluationModule
 from .models.export import export_model
 from .models.factory import processor_info
 from .preflight import preflight
@@ -176,7 +176,7 @@ def build_module(cfg: DictConfig, model: Any, processor: Any, budget: Budget | N
                  eval_kwargs: dict[str, Any]) -> Any:
     """The method's LightningModule (its descriptor names the class) to train; the evaluation alone to score."""
     if cfg.mode != "train":
-        return VLMModule(model, processor, **eval_kwargs)
+        return EvaluationModule(model, processor, **eval_kwargs)
     module_class = get_object(find_method(cfg.method.name).module)
     return module_class.from_config(cfg, model, processor, method=cfg.method, total_steps=budget.total_steps,
                                     data_position=data_position,
@@ -186,7 +186,7 @@ def build_module(cfg: DictConfig, model: Any, processor: Any, budget: Budget | N
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Budget | None,
                   model: Any = None) -> pl.Trainer:
     from .utils.checkpoints import LastCheckpoint
-    from .utils.distributed import DistributedChecks, build_strategy
+    from .utils.distributed import RankAgreementCallback, build_strategy
 
     t = cfg.trainer
     kwargs: dict[str, Any] = dict(
@@ -212,7 +212,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
     # last.ckpt every checkpoint_every_n_steps, and the final state once (whatever the interval).
     callbacks: list[Any] = [LastCheckpoint(run_dir / CHECKPOINT.parent, every_n_train_steps=t.checkpoint_every_n_steps)]
     if t.check_distributed:
-        callbacks.append(DistributedChecks(run_dir / "distributed_checks.jsonl"))
+        callbacks.append(RankAgreementCallback(run_dir / "distributed_checks.jsonl"))
     kwargs.update(
         max_steps=budget.total_steps, max_epochs=1, callbacks=callbacks,
         # In-training validation counts micro-batches; None disables it (before/after only).

@@ -34,7 +34,7 @@ from ..data.records import Example, load_image
 from ..data.synthetic import counting, geometry, synthetic_split
 from ..data.tasks import TaskSplit, load_split
 from ..evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
-from ..methods.base import VLMModule
+from ..methods.evaluation_module import EvaluationModule
 from ..methods.sft import SFTModule
 from ..models.factory import cached_build, load_local, tiny_base_folder, tiny_folder
 from ..models.tiny import R1V_SUFFIXES
@@ -118,7 +118,9 @@ def build_tiny_base(model_cfg: Any, tiny_dir: Path, out_dir: Path, cache_dir: st
         for name in ACCEPTANCE_TASKS
     ]
     method = OmegaConf.structured(SFTConfig(name="tiny_base_pretraining", lr=build.lr, warmup_ratio=build.warmup_ratio,
-                                            lr_schedule="cosine", batch_size=build.batch_size, max_grad_norm=1.0))
+                                            lr_schedule="cosine", batch_size=build.batch_size, max_grad_norm=1.0,
+                                            accumulate_grad_batches=1, epochs=1, target="auto",
+                                            loss_on="assistant"))
     generator = torch.Generator().manual_seed(build.seed)
     loader = DataLoader(ConcatDataset(parts), batch_size=build.batch_size, shuffle=True, generator=generator,
                         collate_fn=SFTCollator(processor, "{question}", "assistant"))
@@ -164,7 +166,7 @@ def evaluate_synthetic(model: Any, processor: Any, cache_dir: str | Path, cap: i
                     protocol=DEFAULT_PROTOCOL)
     loaders = [DataLoader(TaskSplit(t, "test", load_split(t, "test", str(cache_dir))), batch_size=32,
                           collate_fn=PromptCollator(processor, t.prompt)) for t in tasks.values()]
-    module = VLMModule(model, processor, eval_spec=spec, eval_names=list(tasks))
+    module = EvaluationModule(model, processor, eval_spec=spec, eval_names=list(tasks))
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_model_summary=False)
     trainer.validate(module, dataloaders=loaders, verbose=False)

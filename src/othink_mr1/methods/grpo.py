@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..evaluation.harness import completion_mask, effective_max_new_tokens, stop_token_ids, suppressed_token_ids
-from ..rewards.functions import compute_rewards
+from ..rewards.grpo_rewards import compute_rewards
 from ..rewards.scorers import DEFAULT_PROTOCOL
 from ..models.adapters import has_adapters
 from ..models.prefix_sharing import (
@@ -32,7 +32,7 @@ from ..models.prefix_sharing import (
     sample_groups,
     supports_prefix_sharing,
 )
-from .base import TrainableModule
+from .evaluation_module import TrainableModule
 from .grpo_loss import StepSizes, group_advantages, grpo_loss, token_log_probs
 from .kl_schedules import KLSchedule, build_kl_schedule
 
@@ -128,7 +128,7 @@ class GRPOModule(TrainableModule):
         self.adapter_reference = adapter_reference
         self._buffer: list[Rollout] = []
         # (prompt index, completions sampled for it) of this rank since the last check; read and
-        # cleared by utils.distributed.DistributedChecks.
+        # cleared by utils.distributed.RankAgreementCallback.
         self.rollout_groups: list[tuple[int, int]] = []
 
     @classmethod

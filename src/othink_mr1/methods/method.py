@@ -36,7 +36,7 @@ class Method:
     # (method config, Budget, the run's steps and lr as text, kl name) -> the start-up budget line.
     budget_line: Callable[[Any, Any, str, str], str]
     # The composed config -> None, or a ConfigError naming the key: the method's own settings (the
-    # settings every method shares are checks.check_method's).
+    # settings every method shares are config_checks.check_method's).
     check: Callable[[Any], None]
     # kl schedule name -> the method as run names, results.json and the report's tables name it.
     tag: Callable[[str], str]

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .base import TrainableModule
+from .evaluation_module import TrainableModule
 
 
 class SFTModule(TrainableModule):

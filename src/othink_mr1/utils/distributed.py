@@ -56,7 +56,7 @@ def parameter_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-class DistributedChecks(pl.Callback):
+class RankAgreementCallback(pl.Callback):
     """`trainer.check_distributed=true`: after every optimizer step, all ranks must hold identical
     parameters, and every prompt's G completions must have been sampled and scored on one rank.
     Rank zero appends one JSON line per step to `path`; a violation stops the run with the step."""

@@ -15,7 +15,7 @@ from .data.records import ON_BAD_ROW
 from .data.tasks import SOURCES
 from .config import find_method
 from .methods.method import config_error
-from .methods.schedules import check_lr_schedule
+from .methods.lr_schedules import check_lr_schedule
 from .rewards.scorers import SCORERS
 from .utils.errors import ConfigError
 

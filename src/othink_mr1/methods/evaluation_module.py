@@ -12,7 +12,7 @@ import torch
 
 from ..data.sampling import StreamPosition
 from ..evaluation.harness import EvalAccumulator, EvalSpec, gather_items, generate, write_stage
-from .schedules import build_scheduler
+from .lr_schedules import build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ EVAL_METRICS = {
 }
 
 
-class VLMModule(pl.LightningModule):
-    """A VLM plus the shared evaluation harness as Lightning's validation loop.
+class EvaluationModule(pl.LightningModule):
+    """A VLM plus the shared evaluation harness as Lightning's validation loop: `mode=eval` runs it as
+    is, and every training method's module (SFTModule, GRPOModule, ...) extends it.
 
     A validation pass (in-training, or `trainer.validate`) generates greedily on every eval split,
     scores with each task's scorer, logs eval/<task>/{acc,format_rate,...}, and writes
@@ -102,7 +103,7 @@ class VLMModule(pl.LightningModule):
         self.model.train()
 
 
-class TrainableModule(VLMModule):
+class TrainableModule(EvaluationModule):
     """What SFT and GRPO share: AdamW with the lr schedule, sample counting, grad-norm logging, and a
     checkpoint that resumes exactly (samples seen, data position, RNG state)."""
 
