@@ -200,6 +200,7 @@ def test_an_extra_stop_id_that_never_occurs_changes_no_sampled_token(tmp_path, t
     assert torch.equal(samples[0], samples[1])
 
 
+@pytest.mark.slow  # three short runs
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
     common = ["method.max_steps=4", "method.lr=1e-3", "kl=adaptive", "trainer.checkpoint_every_n_steps=1",
               "save_model=true", "eval.row_zero=false"]

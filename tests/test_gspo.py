@@ -111,6 +111,7 @@ def test_a_token_level_aggregation_is_refused(tmp_path):
         run(cfg)
 
 
+@pytest.mark.slow  # a run.py subprocess
 def test_run_py_trains_gspo_and_names_the_run_gspo(tmp_path, tiny):
     """`python run.py method=gspo model=tiny`, 2 steps with rewards that differ: every weight moves."""
     # run.py in a process of its own, with the varying reward added to the registry first.

@@ -131,6 +131,7 @@ def test_same_config_and_seed_give_identical_results(tmp_path, method):
     assert runs[0] == runs[1]
 
 
+@pytest.mark.slow  # three short runs
 def test_evaluating_before_and_during_training_leaves_the_training_draws_alone(tmp_path, varying_reward):
     """A sweep cell (row zero off: the grid's base cell scores the start once) and the same run alone (row
     zero on), or with in-training validation, sample the same completions: the same losses, rewards and

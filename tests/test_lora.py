@@ -83,6 +83,7 @@ def test_the_kl_reference_is_the_policy_with_adapters_disabled(tmp_path, tiny):
     assert model.training  # the reference pass restores the policy's mode
 
 
+@pytest.mark.slow  # a run, an export and two evaluations
 def test_a_lora_checkpoint_evaluates_the_same_after_reload(tmp_path):
     train = compose_config(["model=tiny_base", *LORA, "method.lr=5e-3", "method.max_steps=3", "kl=constant",
                             "eval.row_zero=false", "save_model=true", "model.max_new_tokens_cap=24"],

@@ -224,6 +224,7 @@ def test_bad_train_data_and_config_fail_before_any_model_is_built(make_cfg, tmp_
         run(cfg)
 
 
+@pytest.mark.slow  # two run.py subprocesses
 def test_cli_runs_the_main_job_and_refuses_a_rerun(tmp_path):
     """`python run.py ...` end to end (Hydra run dir, exit codes), on the tiny model."""
     env = dict(os.environ, OTHINK_OUTPUT_DIR=str(tmp_path), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",

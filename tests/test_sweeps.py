@@ -84,6 +84,7 @@ def test_every_cell_of_every_sweep_composes(name, tmp_path):
         assert cfg.cell == cell.removeprefix("cell=")
 
 
+@pytest.mark.slow  # composes every cell of the ablation grids
 def test_ablation_cells_have_distinct_run_names(tmp_path):
     for name in ("kl_ablation", "format_ablation", "kl_schedules"):
         names = [compose_config([f"sweeps={name}", *job], output_dir=tmp_path, shrink=False).run_name
