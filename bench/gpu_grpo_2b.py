@@ -3,14 +3,18 @@ run path (issue 5's GPU check; no download: the architecture is Qwen2-VL-2B-Inst
 tokenizer and processor are the embedded tiny ones, the images the synthetic geometry diagrams
 upscaled to 448 px, 256 visual tokens each).
 
-    python bench/gpu_grpo_2b.py [--steps 5] [--generations 8] [--tokens 512] [--prompts 2] [--lora]
-                                [--out bench/results/gpu_grpo_2b.json]
-    python bench/gpu_grpo_2b.py --small --cpu --steps 1 --tokens 8     # a seconds-long smoke run on CPU
+    python bench/gpu_grpo_2b.py [--steps 2] [--generations 8] [--tokens 512] [--prompts 16] [--micro-batch 4]
+                                [--decode-compile both|on|off|auto] [--lora] [--out bench/results/gpu_grpo_2b.json]
+    python bench/gpu_grpo_2b.py --small --cpu --steps 2 --tokens 8     # a smoke run on CPU (about a minute)
 
-The paper's geometry per micro-batch: G 8 completions of exactly --tokens tokens (min = max new
-tokens), bf16 mixed precision (fp32 weights and Adam state), beta > 0 (a reference model, or with
---lora the adapter-disabled policy). Records step time, peak GPU memory and completion tokens per
-second (completions x tokens x steps / training seconds).
+The paper's step: --prompts 16 prompts, G 8 completions each of exactly --tokens tokens (min = max new
+tokens), in micro-batches of --micro-batch prompts, bf16 mixed precision (fp32 weights and Adam state),
+beta > 0 (a reference model, or with --lora the adapter-disabled policy). `--decode-compile both` (the
+default) runs the job twice, with the compiled decode step (method.decode_compile=on: a CUDA graph on
+GPU) and without it. Records per run: seconds per step, decode tokens per second (completion tokens over
+the time spent sampling), the first step apart (it carries the compile), peak GPU memory, and how the
+run decoded (results.json's train.decode). The default command is sized to finish within 10 minutes on
+one H100/H200.
 """
 
 from __future__ import annotations
@@ -70,47 +74,86 @@ def build_folder(folder: Path, shape: dict, cache_dir: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=512)
-    parser.add_argument("--prompts", type=int, default=2, help="prompts per optimizer step (one micro-batch)")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per optimizer step")
+    parser.add_argument("--micro-batch", type=int, default=4, help="prompts per micro-batch")
+    parser.add_argument("--decode-compile", default="both", choices=["both", "on", "off", "auto"])
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--small", action="store_true", help="a tiny model of the same layout (smoke test)")
     parser.add_argument("--cpu", action="store_true", help="trainer=cpu, fp32 (smoke test)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from othink_mr1.runner import run
-
     work = Path(tempfile.mkdtemp(prefix="gpu_grpo_2b_"))
     cache = compose("model=tiny").paths.cache_dir
     build_folder(work / "model", SMALL if args.small else QWEN2_VL_2B, cache)
-    P, G, T = args.prompts, args.generations, args.tokens
+    modes = ["on", "off"] if args.decode_compile == "both" else [args.decode_compile]
+    summaries = [one_run(args, work, mode) for mode in modes]
+    print(json.dumps(summaries, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(summaries, indent=2) + "\n")
+
+
+def one_run(args: argparse.Namespace, work: Path, decode_compile: str) -> dict:
+    """One training job with method.decode_compile=`decode_compile`; its timings."""
+    import torch
+
+    from othink_mr1.methods.grpo import GRPOModule
+    from othink_mr1.runner import run
+
+    P, M, G, T = args.prompts, args.micro_batch, args.generations, args.tokens
+    if P % M:
+        raise SystemExit(f"--prompts {P} is not a multiple of --micro-batch {M}")
     overrides = [
         "model=qwen2_vl_2b_instruct", f"model.path={work / 'model'}", "model.max_pixels=200704", "model.min_pixels=200704",
-        "task=geometry", "task.synthetic.image_size=448", "task.synthetic.num_train=64",
-        "kl=constant", "kl.beta=0.04", f"method.prompts_per_step={P}", f"method.batch_size={P}",
-        "method.accumulate_grad_batches=1", f"method.num_generations={G}", f"method.max_completion_length={T}",
-        f"method.min_completion_length={T}", f"method.max_steps={args.steps}", "eval.row_zero=false",
-        "eval.tasks=[geometry]", "task.synthetic.num_test=8", "tasks.geometry.synthetic.num_test=8",
+        "task=geometry", "task.synthetic.image_size=448", f"task.synthetic.num_train={max(64, P * (args.steps + 1))}",
+        "kl=constant", "kl.beta=0.04", f"method.prompts_per_step={P}", f"method.batch_size={M}",
+        f"method.accumulate_grad_batches={P // M}", f"method.num_generations={G}", f"method.max_completion_length={T}",
+        f"method.min_completion_length={T}", f"method.max_steps={args.steps}", f"method.decode_compile={decode_compile}",
+        "eval.row_zero=false", "eval.tasks=[geometry]", "task.synthetic.num_test=8", "tasks.geometry.synthetic.num_test=8",
         f"task.max_new_tokens={T}", "trainer.enable_progress_bar=false", "trainer.checkpoint_every_n_steps=null",
-        "trainer=cpu" if args.cpu else "trainer=gpu",
+        "trainer=cpu" if args.cpu else "trainer=gpu", f"tag=decode_{decode_compile}",
     ] + (["model.lora.enabled=true", "model.lora.rank=64", "model.lora.alpha=128", "method.lr=1e-5"] if args.lora else [])
     cfg = compose(*overrides, output_dir=work / "outputs")
-    started = time.time()
-    results = run(cfg)
+    sampling: list[float] = []
+    original = GRPOModule.sample
+
+    def timed_sample(self, batch):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        out = original(self, batch)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        sampling.append(time.perf_counter() - started)
+        return out
+
+    GRPOModule.sample = timed_sample
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # results.json's peak is this run's, not the process's
+    try:
+        started = time.time()
+        results = run(cfg)
+    finally:
+        GRPOModule.sample = original
     train_s = results["train"]["seconds"]
-    summary = {
+    per_step = P // M  # sample calls per optimizer step
+    first, rest = sampling[:per_step], sampling[per_step:]
+    tokens_per_call = M * G * T
+    return {
         "shape": "small" if args.small else "Qwen2-VL-2B-Instruct (random weights)", "lora": args.lora,
-        "prompts_per_step": P, "num_generations": G, "completion_tokens": T, "steps": args.steps,
+        "decode_compile": decode_compile, "decode": results["train"].get("decode"),
+        "prompts_per_step": P, "micro_batch": M, "num_generations": G, "completion_tokens": T, "steps": args.steps,
         "hardware": results["hardware"], "train_seconds": train_s,
         "seconds_per_step": round(train_s / args.steps, 2),
+        "first_step_sampling_seconds": round(sum(first), 2),
+        "decode_tokens_per_second": round(tokens_per_call * len(rest) / sum(rest), 1) if rest else None,
+        "decode_tokens_per_second_first_step": round(tokens_per_call * len(first) / sum(first), 1),
         "completion_tokens_per_second": round(P * G * T * args.steps / train_s, 1),
         "wall_seconds": round(time.time() - started, 1),
     }
-    print(json.dumps(summary, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

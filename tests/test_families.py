@@ -137,6 +137,7 @@ def test_multi_image_grpo_sft_and_eval_run_on_batches_mixing_one_and_two_images(
     grpo = compose_config([*models, *MULTI, *VARYING, "eval.row_zero=false"], output_dir=tmp_path / "grpo")
     result = run(grpo)
     assert result["train"]["steps"] == 2 and result["train"]["skipped_steps"] == 0
+    assert result["train"]["decode"]["loop"] == ("static" if model == "tiny" else "generate")
     assert result["after"]["counting_multi"]["n"] == 8
     if model == "tiny_plain":
         return

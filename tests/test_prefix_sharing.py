@@ -17,9 +17,8 @@ from othink_mr1.evaluation.harness import suppressed_token_ids
 from othink_mr1.methods.grpo import GRPOModule, append_completions, completion_mask, repeat_prompts
 from othink_mr1.methods.grpo_loss import token_log_probs
 from othink_mr1.methods.kl_schedules import ConstantKL
+from othink_mr1.models.decoding import StaticKV, filter_logits
 from othink_mr1.models.prefix_sharing import (
-    BufferedLayer,
-    filter_logits,
     grouped_completion_logits,
     prompt_inputs,
     sample_groups,
@@ -168,16 +167,19 @@ def test_filter_logits_keeps_the_top_k_and_the_nucleus():
     assert torch.equal(filter_logits(scores), scores)
 
 
-def test_buffered_cache_layer_grows_in_place_and_refuses_to_overflow():
+def test_static_cache_writes_one_position_in_place_and_gathers_rows():
     keys, values = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)
-    layer = BufferedLayer(keys, values, capacity=5)
-    new_k, new_v = torch.randn(2, 1, 1, 4), torch.randn(2, 1, 1, 4)
-    k, v = layer.update(new_k, new_v)
-    assert torch.equal(k, torch.cat([keys, new_k], dim=2)) and torch.equal(v, torch.cat([values, new_v], dim=2))
-    assert layer.get_seq_length() == 4
-    layer.update(new_k, new_v)
-    with pytest.raises(RuntimeError, match="6 positions exceed the capacity 5"):
-        layer.update(new_k, new_v)
+    prefill = [type("Layer", (), {"keys": keys, "values": values})()]
+    cache = StaticKV.from_prefill(prefill, group_size=2, capacity=5)
+    assert cache.keys[0].shape == (4, 1, 5, 4)
+    assert torch.equal(cache.keys[0][:, :, :3], keys.repeat_interleave(2, dim=0))
+    new_k, new_v = torch.randn(4, 1, 1, 4), torch.randn(4, 1, 1, 4)
+    cache.write_at.fill_(3)
+    k, v = cache.update(new_k, new_v, 0)
+    assert k.data_ptr() == cache.keys[0].data_ptr()  # in place, full capacity returned
+    assert torch.equal(k[:, :, 3:4], new_k) and torch.equal(v[:, :, 3:4], new_v) and not k[:, :, 4].any()
+    rows = torch.tensor([3, 0])
+    assert torch.equal(cache.select(rows).keys[0], k[rows]) and torch.equal(cache.select(rows).values[0], v[rows])
 
 
 def test_grpo_loss_is_the_same_with_and_without_sharing(tmp_path, tiny):

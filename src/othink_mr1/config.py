@@ -26,6 +26,9 @@ ScoringProtocol = StrEnum("ScoringProtocol", {name: name for name in PROTOCOLS})
 # pil: transformers' PIL image processors (R1-V's preprocessing); torchvision: its torchvision ones.
 IMAGE_BACKENDS = ("pil", "torchvision")
 ImageBackend = StrEnum("ImageBackend", {name: name for name in IMAGE_BACKENDS})
+# method.decode_compile (models/decoding.py): run GRPO's decode step through torch.compile.
+DECODE_COMPILE = ("auto", "on", "off")
+DecodeCompile = StrEnum("DecodeCompile", {name: name for name in DECODE_COMPILE})
 
 # --------------------------------------------------------------------------------------------- task
 
@@ -239,6 +242,11 @@ class GRPOConfig(MethodConfig):
     # cache (models/prefix_sharing.py): same values to float tolerance, about 2.5x less work on the
     # tiny tasks. False runs every prompt + completion sequence in full (a reference for the check).
     share_prompt_prefix: bool = MISSING
+    # The rollout decode step (models/decoding.py) under torch.compile: on | off | auto (on for CUDA, where it
+    # runs as a CUDA graph; off on CPU, where compiling costs about half a minute per process). The same
+    # tokens either way; a compiler failure under auto falls back to eager with one warning, recorded in
+    # results.json (train.decode).
+    decode_compile: DecodeCompile = MISSING
 
 
 # ---------------------------------------------------------------------------------------- kl

@@ -250,7 +250,7 @@ def fit(cfg: DictConfig, trainer: pl.Trainer, module: Any, dm: VLMDataModule, tr
 def train_record(trainer: pl.Trainer, module: Any, budget: Budget, seconds: float, resume_from: Path | None) -> dict:
     return {"steps": int(trainer.global_step), "samples": module.samples_seen, "seconds": seconds,
             "skipped_steps": module.skipped_steps, "resumed_from": str(resume_from) if resume_from else None,
-            **budget.as_dict()}
+            **budget.as_dict(), **module.train_record()}
 
 
 # ------------------------------------------------------------------------------------- main

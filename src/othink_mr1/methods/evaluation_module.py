@@ -128,6 +128,10 @@ class TrainableModule(EvaluationModule):
         """The module a run trains (runner.build_module); a method needing more of the config overrides it."""
         return cls(model, processor, **common)
 
+    def train_record(self) -> dict[str, Any]:
+        """Method-specific facts for results.json's `train` record (how the run decoded, ...)."""
+        return {}
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Before the batch's hooks and checkpoint: a checkpoint after this batch counts it as consumed.
         if self.data_position is not None:

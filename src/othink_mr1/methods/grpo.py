@@ -25,6 +25,7 @@ from ..evaluation.harness import completion_mask, effective_max_new_tokens, stop
 from ..rewards.grpo_rewards import compute_rewards
 from ..rewards.scorers import DEFAULT_PROTOCOL
 from ..models.adapters import has_adapters
+from ..models.decoding import decode_record
 from ..models.prefix_sharing import (
     full_position_ids,
     grouped_completion_logits,
@@ -181,10 +182,12 @@ class GRPOModule(TrainableModule):
                         eos_token_id=stop_token_ids(self.model, tok),
                         min_new_tokens=min(m.min_completion_length, self.max_new_tokens))
         if self.shares_prompts(batch):
-            # One prefill per prompt, a preallocated cache, the same sampling rules as generate().
+            # One prefill per prompt, fixed-shape decoding (compiled per method.decode_compile), the same
+            # sampling rules and draws as generate().
             sampling["top_k"] = m.top_k
             out = sample_groups(self.model, prompt_inputs(batch), m.num_generations, self.max_new_tokens,
-                                suppress_token_ids=suppressed_token_ids(self.processor), **sampling)
+                                suppress_token_ids=suppressed_token_ids(self.processor), compile_mode=m.decode_compile,
+                                **sampling)
         else:
             prompts = repeat_prompts(batch, m.num_generations)
             # Explicit settings win over a hub config's defaults (Qwen2-VL: top_k 1, temperature 0.01;
@@ -335,6 +338,13 @@ class GRPOModule(TrainableModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["kl_schedule"] = self.kl.state_dict()
+
+    def train_record(self) -> dict[str, Any]:
+        """How rollouts were decoded: the compile switch, whether the decode step ran compiled, and any
+        compiler failure it fell back from (generate() where prompts are not shared: no decode step)."""
+        shared = self.method.share_prompt_prefix and supports_prefix_sharing(self.model)
+        return {"decode": decode_record(self.method.decode_compile, self.device) if shared else
+                {"compile": self.method.decode_compile, "compiled": False, "fallback": None, "loop": "generate"}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
