@@ -4,7 +4,8 @@ items per second against the batch size.
     pip install -r bench/requirements.txt
     python bench/grpo_scaling.py [--prompts 4] [--steps 2] [--threads 2] [--out-dir bench/results]
 
-Step time (median of --steps timed steps after one warm-up step, per system and point) on the same
+Step time (median of --steps timed steps after warm-up steps, per system and point; ours with the decode step
+compiled unless --decode-compile says otherwise, its compile in the warm-up) on the same
 work as bench/grpo_vs_trl.py (tiny_base, counting, beta 0.04, mu 1, completions forced to exactly
 the given length):
   - against G in (2, 4, 8, 16) at 64 completion tokens;
@@ -31,12 +32,12 @@ LENGTHS = (32, 64, 128, 256)
 EVAL_BATCHES = (1, 4, 16, 64)
 
 
-def step_times(prompts: int, generations: int, tokens: int, steps: int) -> dict[str, float]:
+def step_times(prompts: int, generations: int, tokens: int, steps: int, decode_compile: str) -> dict[str, float]:
     args = Namespace(prompts=prompts, generations=generations, tokens=tokens, steps=steps)
     out = Path(tempfile.mkdtemp(prefix="grpo_scaling_"))
-    ours = our_side(args, out)
+    ours = our_side(args, out, f"method.decode_compile={decode_compile}")
     trl = trl_side(args, ours, out)
-    time_ours(ours, 1), time_trl(trl, 1)
+    time_ours(ours, 2), time_trl(trl, 1)  # ours: two warm-up steps (the compile and every decode shape)
     return {"ours": statistics.median(time_ours(ours, steps)), "trl": statistics.median(time_trl(trl, steps))}
 
 
@@ -64,7 +65,7 @@ def eval_items_per_second(batch_sizes: tuple[int, ...], items: int = 64) -> list
         with torch.no_grad():
             for start in range(0, items, batch_size):
                 chunk = examples[start:start + batch_size]
-                texts, lengths = generate(model, processor.tokenizer, collate(chunk), cfg.model.max_new_tokens_cap)
+                texts, lengths = generate(model, processor, collate(chunk), cfg.model.max_new_tokens_cap)
                 for example, text, n in zip(chunk, texts, lengths):
                     score_item(scorer, text, example.answer, question=example.question, completion_tokens=n)
         seconds = time.perf_counter() - started
@@ -105,7 +106,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--decode-compile", default="on", choices=["auto", "on", "off"])
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--eval-only", action="store_true", help="keep --out-dir's grpo_scaling.csv, redo the rest")
     args = parser.parse_args()
 
     import torch
@@ -114,16 +117,22 @@ def main() -> None:
     out_dir = Path(args.out_dir)
     rows = []
     points = [("generations", g, g, 64) for g in GENERATIONS] + [("tokens", t, 8, t) for t in LENGTHS]
+    if args.eval_only:
+        with (out_dir / "grpo_scaling.csv").open() as fh:
+            rows = [{k: float(v) if k in ("ours", "trl", "ratio") else (v if k == "axis" else int(v)) for k, v in r.items()}
+                    for r in csv.DictReader(fh)]
+        points = []
     for axis, value, generations, tokens in points:
-        times = step_times(args.prompts, generations, tokens, args.steps)
+        times = step_times(args.prompts, generations, tokens, args.steps, args.decode_compile)
         rows.append({"axis": axis, "generations": generations, "tokens": tokens, "prompts": args.prompts,
                      "ours": round(times["ours"], 3), "trl": round(times["trl"], 3),
                      "ratio": round(times["ours"] / times["trl"], 3)})
         print(f"[grpo] {axis}={value}: ours {times['ours']:.3f} s/step, TRL {times['trl']:.3f} s/step", flush=True)
-    with (out_dir / "grpo_scaling.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    if points:
+        with (out_dir / "grpo_scaling.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     eval_rows = eval_items_per_second(EVAL_BATCHES)
     with (out_dir / "eval_scaling.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["batch_size", "items_per_s"])

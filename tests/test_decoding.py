@@ -68,21 +68,21 @@ def compactions(monkeypatch):
 
 
 @pytest.mark.parametrize("options", OPTIONS)
-@pytest.mark.parametrize("check_every", [1, 3, 8])
-def test_tiny_base_draws_generates_tokens_through_early_ends_and_compaction(tiny_base, options, check_every, compactions):
+def test_tiny_base_draws_generates_tokens_through_early_ends_and_compaction(tiny_base, options, compactions):
     model, processor = tiny_base[0].eval(), tiny_base[1]
     batch = prompt_batch(processor, "counting", n=6)
     torch.manual_seed(11)
     expected, expected_state = reference(model, processor, batch, 48, **options)
-    torch.manual_seed(11)
-    got, state = ours(model, processor, batch, 48, check_every=check_every, **options)
-    assert got.shape == expected.shape and torch.equal(got, expected)
-    assert torch.equal(state, expected_state)  # draws after the last end are rewound
-    ended_early = (got == processor.tokenizer.pad_token_id).any(dim=1)
-    assert ended_early.any() and expected.shape[1] <= 48
-    assert all(size in buckets(6 * G) for size in compactions)  # 24 rows -> 16, 8 or 4
-    if check_every < 8:  # (with checks 8 tokens apart the rows of a low-temperature run often end in one block)
-        assert compactions
+    assert (expected == processor.tokenizer.pad_token_id).any(dim=1).any()  # some rows end early
+    for check_every in (1, 3, 8):
+        compactions.clear()
+        torch.manual_seed(11)
+        got, state = ours(model, processor, batch, 48, check_every=check_every, **options)
+        assert got.shape == expected.shape and torch.equal(got, expected), check_every
+        assert torch.equal(state, expected_state), check_every  # draws after the last end are rewound
+        assert all(size in buckets(6 * G) for size in compactions)  # 24 rows -> 16, 8 or 4
+        if check_every < 8:  # (with checks 8 tokens apart a low-temperature run's rows often end in one block)
+            assert compactions, check_every
 
 
 @pytest.mark.parametrize("options", OPTIONS)
