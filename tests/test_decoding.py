@@ -13,6 +13,8 @@ import torch
 from conftest import CACHE, compose_config
 from test_prefix_sharing import prompt_batch
 
+from othink_mr1.data.collate import PromptCollator
+from othink_mr1.data.tasks import TaskSplit, load_split
 from othink_mr1.evaluation.harness import stop_token_ids, suppressed_token_ids
 from othink_mr1.methods.grpo import repeat_prompts
 from othink_mr1.models import decoding
@@ -160,3 +162,40 @@ def test_compiled_decoding_draws_the_eager_tokens(which, tiny, tiny_base, compac
         assert torch.equal(compiled_ids, eager_ids) and torch.equal(compiled_state, eager_state)
     if which == "tiny_base":
         assert compactions  # the compiled step also ran on smaller buckets
+
+
+def test_the_decoder_names_what_it_cannot_run(tiny):
+    language_model = copy.deepcopy(tiny[0]).model.language_model
+    assert decoding.supports_static_decoding(language_model) is None
+    language_model.config._attn_implementation = "flash_attention_2"
+    assert decoding.supports_static_decoding(language_model) == "attention implementation flash_attention_2"
+    language_model.config._attn_implementation = "sdpa"
+    language_model.config.layer_types = ["full_attention", "sliding_attention"]
+    assert decoding.supports_static_decoding(language_model) == "sliding-window layers"
+
+
+def test_a_model_the_decoder_cannot_run_samples_with_generate_and_says_why(tmp_path, tiny, caplog, monkeypatch):
+    """(flash-attention takes a 2-D padding mask; sliding windows another cache): rollouts take generate(),
+    logged once and recorded in results.json; the log-prob passes still share the prompt."""
+    from othink_mr1.methods import grpo
+    from othink_mr1.runner import build_module
+
+    monkeypatch.setattr(grpo, "static_decoding_blocker", lambda model: "attention implementation flash_attention_2")
+    model, processor = copy.deepcopy(tiny[0]), tiny[1]
+    cfg = compose_config(["model=tiny", "kl=constant", "kl.beta=0.0"], output_dir=tmp_path)
+    module = build_module(cfg, model, processor, type("B", (), {"total_steps": 2})(), None, {})
+    split = TaskSplit(cfg.task, "train", load_split(cfg.task, "train", str(CACHE)))
+    batch = PromptCollator(processor, cfg.task.prompt)([split[0], split[1]])
+    assert module.shares_prompts(batch)
+    with caplog.at_level(logging.WARNING):
+        torch.manual_seed(4)
+        ids = module.sample(batch)
+        module.sample(batch)
+    assert module.train_record()["decode"] == {"compile": "auto", "compiled": False, "fallback": None, "loop": "generate",
+                                               "why": "attention implementation flash_attention_2"}
+    torch.manual_seed(4)  # the same draws as the fixed-shape decoder would make: generate() is its reference
+    monkeypatch.setattr(grpo, "static_decoding_blocker", lambda model: None)
+    module._static_blocker = None
+    assert torch.equal(ids, module.sample(batch))
+    assert [r.getMessage() for r in caplog.records if "generate()" in r.getMessage()] == [
+        "GRPO rollouts are sampled with generate(), not the fixed-shape decoder: attention implementation flash_attention_2"]

@@ -16,6 +16,7 @@ The loss itself lives in grpo_loss.py.
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +32,14 @@ from ..models.prefix_sharing import (
     grouped_completion_logits,
     prompt_inputs,
     sample_groups,
+    static_decoding_blocker,
     supports_prefix_sharing,
 )
 from .evaluation_module import TrainableModule
 from .grpo_loss import StepSizes, group_advantages, grpo_loss, token_log_probs
 from .kl_schedules import KLSchedule, build_kl_schedule
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class Rollout:
@@ -181,7 +185,7 @@ class GRPOModule(TrainableModule):
         sampling = dict(temperature=m.temperature, top_p=m.top_p, top_k=m.top_k or None, pad_token_id=tok.pad_token_id,
                         eos_token_id=stop_token_ids(self.model, tok),
                         min_new_tokens=min(m.min_completion_length, self.max_new_tokens))
-        if self.shares_prompts(batch):
+        if self.shares_prompts(batch) and self.static_decoding_blocker is None:
             # One prefill per prompt, fixed-shape decoding (compiled per method.decode_compile), the same
             # sampling rules and draws as generate().
             sampling["top_k"] = m.top_k
@@ -339,12 +343,26 @@ class GRPOModule(TrainableModule):
         super().on_save_checkpoint(checkpoint)
         checkpoint["kl_schedule"] = self.kl.state_dict()
 
+    @property
+    def static_decoding_blocker(self) -> str | None:
+        """Why rollouts cannot take the fixed-shape decoder with this model (None: they can); then they are
+        sampled with generate(), said once in the log and recorded in results.json (train.decode.why)."""
+        if not hasattr(self, "_static_blocker"):
+            self._static_blocker = static_decoding_blocker(self.model)
+            if self._static_blocker and self.method.share_prompt_prefix and supports_prefix_sharing(self.model):
+                log.warning("GRPO rollouts are sampled with generate(), not the fixed-shape decoder: %s",
+                            self._static_blocker)
+        return self._static_blocker
+
     def train_record(self) -> dict[str, Any]:
-        """How rollouts were decoded: the compile switch, whether the decode step ran compiled, and any
-        compiler failure it fell back from (generate() where prompts are not shared: no decode step)."""
-        shared = self.method.share_prompt_prefix and supports_prefix_sharing(self.model)
-        return {"decode": decode_record(self.method.decode_compile, self.device) if shared else
-                {"compile": self.method.decode_compile, "compiled": False, "fallback": None, "loop": "generate"}}
+        """How rollouts were decoded: the compile switch, whether the decode step ran compiled, any compiler
+        failure it fell back from; or generate() and why (prompts not shared, or the decoder cannot run the model)."""
+        m = self.method
+        if m.share_prompt_prefix and supports_prefix_sharing(self.model) and self.static_decoding_blocker is None:
+            return {"decode": decode_record(m.decode_compile, self.device)}
+        why = self.static_decoding_blocker if m.share_prompt_prefix and supports_prefix_sharing(self.model) else \
+            "prompts not shared (method.share_prompt_prefix=false or a non-Qwen family)"
+        return {"decode": {"compile": m.decode_compile, "compiled": False, "fallback": None, "loop": "generate", "why": why}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)

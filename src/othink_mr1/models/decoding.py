@@ -7,10 +7,10 @@ draws the same tokens for the same seed:
 - **Fixed shapes.** Keys and values live in per-layer buffers [B, heads, prompt + max_new_tokens, dim]
   written in place at one position per step (`StaticKV`), and the attention mask is a [B, 1, 1, capacity]
   buffer whose next column is switched on per step; attention reads both up to the written length rounded
-  up to WINDOW positions, so a bucket's steps take a few shapes. With
-  `compile` on, the step (decoder layers, head, filtering, the draw) runs through `torch.compile`
-  ("reduce-overhead" on CUDA, which captures it as a CUDA graph); the batch dimension is the only one
-  that changes, so a run compiles a few times, not per step.
+  up to WINDOW positions, so a bucket's steps take a few shapes. Compiled (`method.decode_compile`), the
+  step (decoder layers, head, filtering, the draw) runs through `torch.compile` ("reduce-overhead" on
+  CUDA, which captures it as a CUDA graph); after the first change of a shape dynamo makes that dimension
+  dynamic, so a run compiles two or three times, not per step or per bucket.
 - **Same draws.** `torch.multinomial(p, 1)` is `argmax(p / q)` with `q ~ Exp(1)` drawn as
   `empty_like(p).exponential_()` (ATen's one-sample path). The noise is drawn eagerly for the full batch
   every step, in the order the plain loop draws it, and the step takes its rows' share, so compiling or

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .decoding import CHECK_EVERY, SamplingRules, StaticDecoder, StaticKV
+from .decoding import CHECK_EVERY, SamplingRules, StaticDecoder, StaticKV, supports_static_decoding
 
 
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
@@ -37,6 +37,12 @@ def supports_prefix_sharing(model: torch.nn.Module) -> bool:
     inner = getattr(_unwrapped(model), "model", None)
     return (inner is not None and hasattr(inner, "get_rope_index") and hasattr(inner, "language_model")
             and _unwrapped(model).get_output_embeddings() is not None)
+
+
+def static_decoding_blocker(model: torch.nn.Module) -> str | None:
+    """Why `sample_groups` cannot decode `model` (None: it can)."""
+    language_model = getattr(getattr(_unwrapped(model), "model", None), "language_model", None)
+    return "no language_model submodule" if language_model is None else supports_static_decoding(language_model)
 
 
 def _sequence_mask(prompts: dict[str, torch.Tensor], completion_mask: torch.Tensor, group_size: int) -> torch.Tensor:
