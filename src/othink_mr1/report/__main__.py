@@ -2,6 +2,7 @@
 
     python -m othink_mr1.report outputs/sweeps/paper_grid             # a sweep directory
     python -m othink_mr1.report outputs/sweeps/paper_grid --paper     # the paper's numbers beside ours
+    python -m othink_mr1.report outputs/sweeps/paper_grid --intervals # 95% intervals; the claims, paired by seed
     python -m othink_mr1.report wandb-offline:outputs/sweeps/smoke    # the same sweep's wandb offline runs
     python -m othink_mr1.report wandb:ENTITY/PROJECT --group paper_grid --out reports/paper_grid
 
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paper", action="store_true", help="add the paper's published numbers and the difference")
     parser.add_argument("--out", type=Path, help="folder for the written report (default: SOURCE/report)")
     parser.add_argument("--no-figures", action="store_true", help="tables only")
+    parser.add_argument("--intervals", action="store_true",
+                        help="95%% intervals over seeds, and the paper's claims as paired differences with a verdict")
     args = parser.parse_args(argv)
     try:
         runs = load_source(args.source, group=args.group, with_curves=not args.no_figures)
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or default_out(args.source, args.group)
     try:
-        tables = build_tables(runs, paper=args.paper)
+        tables = build_tables(runs, paper=args.paper, intervals=args.intervals)
     except MixedProtocolsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from .intervals import CLAIMS, mean_interval, paired_difference
 from .paper import CROSS_TASK_2B, STATED_MODEL, STATED_RELATIVE, TABLE1
 from .relative import format_relative, relative_change
 from .runs import BASE_ROW, LEGACY_PROTOCOL, PAPER_PROTOCOL, RunResult
@@ -58,11 +59,16 @@ class Stat:
     def std(self) -> float:
         return statistics.stdev(self.values) if self.n > 1 else math.nan
 
-    def text(self) -> str:
+    def text(self, intervals: bool = False) -> str:
+        """mean ± std (n), or with `intervals` mean [95% interval] (n)."""
         status = ", ".join(f"{count} {what}" for what, count in sorted(self.not_finished.items()))
         if not self.values:
             return status or "missing"
-        spread = f" ± {100 * self.std:.2f}" if self.n > 1 else ""
+        if intervals and self.n > 1:
+            interval = mean_interval(self.values)
+            spread = f" [{100 * interval.low:.2f}, {100 * interval.high:.2f}]"
+        else:
+            spread = f" ± {100 * self.std:.2f}" if self.n > 1 else ""
         return f"{100 * self.mean:.2f}{spread} (n={self.n}{', ' + status if status else ''})"
 
 
@@ -219,7 +225,7 @@ def _mark_best(table: Table, column: int, means: dict[int, float]) -> None:
 # ------------------------------------------------------------------------------------- tables
 
 
-def same_task_table(runs: list[RunResult], paper: bool = False) -> Table | None:
+def same_task_table(runs: list[RunResult], paper: bool = False, intervals: bool = False) -> Table | None:
     """Table 1: accuracy on the trained task, per model and row; the best per model and column marked."""
     models, rows, tasks = index_runs(runs)
     if not tasks:
@@ -245,7 +251,7 @@ def same_task_table(runs: list[RunResult], paper: bool = False) -> Table | None:
                 s = stat(row_runs(runs, model, key, task), task)
                 cells.append((f"{model} {key} {task}", s))
                 means.setdefault(len(line), {})[i] = s.mean
-                line.append(s.text())
+                line.append(s.text(intervals))
                 if paper:
                     published = TABLE1[_paper_model(model)].get(key, {}).get(PAPER_TASK.get(task, ""))
                     line.append("—" if published is None else f"{published:.2f}")
@@ -260,7 +266,8 @@ def same_task_table(runs: list[RunResult], paper: bool = False) -> Table | None:
         for column, column_means in means.items():
             _mark_best(table, column, column_means)
     table.title = labelled(head, rest, table_protocol(head, cells), paper)
-    table.notes.append("mean ± sample std over seeds, n = finished runs; best per model and column in bold")
+    table.notes.append(("mean [95% Student-t interval] over seeds" if intervals else "mean ± sample std over seeds")
+                       + ", n = finished runs; best per model and column in bold")
     if paper:
         table.notes.append(f"paper: OThink-MR1 Table 1 for the same model, else {PAPER_DEFAULT_MODEL}; "
                            "Δ = ours − paper in points, only for the same model")
@@ -312,7 +319,7 @@ def relative_gains_table(runs: list[RunResult]) -> Table | None:
     return table
 
 
-def cross_task_table(runs: list[RunResult], paper: bool = False) -> Table | None:
+def cross_task_table(runs: list[RunResult], paper: bool = False, intervals: bool = False) -> Table | None:
     """Train on one task, evaluate on another: accuracy and the relative change vs base and vs SFT."""
     models, rows, _ = index_runs(runs)
     pairs = cross_pairs(runs)
@@ -334,7 +341,7 @@ def cross_task_table(runs: list[RunResult], paper: bool = False) -> Table | None
                 cells.append((f"{model} {key} {train_task} → {eval_task}", s))
                 i = len(table.rows)
                 column_means[i] = s.mean
-                line = [model, f"{train_task} → {eval_task}", key, s.text(),
+                line = [model, f"{train_task} → {eval_task}", key, s.text(intervals),
                         "—" if key == BASE_ROW else format_relative(relative_change(s.mean, base.mean))]
                 if has_sft:
                     line.append("—" if key in (BASE_ROW, "sft") else format_relative(relative_change(s.mean, sft.mean)))
@@ -351,6 +358,40 @@ def cross_task_table(runs: list[RunResult], paper: bool = False) -> Table | None
     if paper:
         table.notes.append("paper: Qwen2-VL-2B values implied by the paper's stated relative changes (it prints no "
                            "absolute cross-task numbers)")
+    return table
+
+
+def seed_accuracies(runs: list[RunResult], task: str) -> dict[int, float]:
+    """seed -> accuracy on `task` of the finished runs among `runs` (one cell)."""
+    return {r.seed: float(r.accuracy[task]) for r in runs
+            if r.status == "finished" and r.seed is not None and task in r.accuracy}
+
+
+def paired_claims_table(runs: list[RunResult]) -> Table | None:
+    """The paper's claims (intervals.CLAIMS) as paired differences over seeds, per model and trained task,
+    with their 95% intervals and a verdict; claims whose cells this grid lacks are left out."""
+    models, rows, _ = index_runs(runs)
+    table = Table(title="Claims", columns=["model", "claim", "train → scored", "seeds paired",
+                                           "difference (points) [95% interval]", "verdict"], rows=[])
+    cells: list[tuple[str, Stat]] = []
+    for model in models:
+        for train_task, scored in [(t, t) for t in ordered([r.task for r in runs if r.task])] + cross_pairs(runs):
+            for claim, better, other, same_task in CLAIMS:
+                if same_task != (train_task == scored) or better not in rows[model] or other not in rows[model]:
+                    continue
+                sides = [row_runs(runs, model, key, train_task) for key in (better, other)]
+                cells += [(f"{model} {key} {train_task} → {scored}", stat(side, scored)) for key, side in zip((better, other), sides)]
+                interval, seeds = paired_difference(*(seed_accuracies(side, scored) for side in sides))
+                if not seeds:
+                    continue
+                table.rows.append([model, claim, train_task if same_task else f"{train_task} → {scored}",
+                                   ", ".join(map(str, seeds)), interval.text(), interval.verdict])
+    if not table.rows:
+        return None
+    table.title = labelled("Claims", "paired differences over seeds", table_protocol("Claims", cells), False)
+    table.notes.append("difference = first − second cell, seed by seed (same seed, same data order), in points; "
+                       "95% Student-t interval of its mean; holds: the interval is above 0, does not hold: below 0, "
+                       "inconclusive: it contains 0")
     return table
 
 
@@ -378,9 +419,12 @@ def runs_table(runs: list[RunResult]) -> Table:
     return table
 
 
-def build_tables(runs: list[RunResult], paper: bool = False) -> dict[str, Table]:
+def build_tables(runs: list[RunResult], paper: bool = False, intervals: bool = False) -> dict[str, Table]:
     """name -> table, in print order; tables that do not apply (no trained runs, one task) are left out.
-    Raises MixedProtocolsError when a table would average accuracies scored under different protocols."""
-    tables = {"same_task": same_task_table(runs, paper), "relative_gains": relative_gains_table(runs),
-              "cross_task": cross_task_table(runs, paper), "runs": runs_table(runs)}
+    `intervals`: 95% intervals over seeds in the accuracy tables, and the paper's claims as paired
+    differences. Raises MixedProtocolsError when a table would average accuracies scored under different
+    protocols."""
+    tables = {"same_task": same_task_table(runs, paper, intervals), "relative_gains": relative_gains_table(runs),
+              "cross_task": cross_task_table(runs, paper, intervals),
+              "claims": paired_claims_table(runs) if intervals else None, "runs": runs_table(runs)}
     return {name: t for name, t in tables.items() if t is not None}
