@@ -10,6 +10,7 @@ incomplete beta function, not scipy.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass
@@ -60,8 +61,9 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t >= 0 else tail
 
 
+@functools.lru_cache(maxsize=1024)
 def t_quantile(p: float, df: float) -> float:
-    """The `p` quantile of Student's t (bisection on t_cdf; |error| < 1e-10)."""
+    """The `p` quantile of Student's t (bisection on t_cdf; |error| < 1e-10; cached: a report asks for a few)."""
     lo, hi = -1e4, 1e4
     for _ in range(200):
         mid = 0.5 * (lo + hi)
