@@ -120,6 +120,7 @@ def results_without_clocks(results: dict) -> dict:
     return out
 
 
+@pytest.mark.slow  # two short runs per method
 @pytest.mark.parametrize("method", [["method=sft"], ["method=grpo", "kl=grpo_d"]])
 def test_same_config_and_seed_give_identical_results(tmp_path, method):
     runs = []

@@ -40,6 +40,7 @@ def _r1v_direct(ground_truth: str, output: str) -> bool:
 # ----------------------------------------------------------------------------------- the differential
 
 
+@pytest.mark.slow  # math-verify on every output of the corpus (3 per GeoQA item)
 def test_r1v_scorer_is_math_verify_on_the_whole_output_for_every_corpus_item(corpus):
     assert len(corpus) >= 2000
     assert all(set(record) >= {"question", "ground_truth", "model_output"} for record in corpus)
@@ -102,6 +103,7 @@ def test_corpus_is_deterministic():
     assert generator.build_corpus(per_item=1, seed=3) != generator.build_corpus(per_item=1, seed=4)
 
 
+@pytest.mark.slow  # both protocols over the whole corpus
 def test_protocols_disagree_on_the_corpus_in_both_directions(corpus):
     r1v, normalized = get_scorer("geoqa", "r1v"), get_scorer("geoqa", "normalized")
     only_r1v = only_normalized = 0
