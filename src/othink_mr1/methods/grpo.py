@@ -358,10 +358,10 @@ class GRPOModule(TrainableModule):
         """How rollouts were decoded: the compile switch, whether the decode step ran compiled, any compiler
         failure it fell back from; or generate() and why (prompts not shared, or the decoder cannot run the model)."""
         m = self.method
-        if m.share_prompt_prefix and supports_prefix_sharing(self.model) and self.static_decoding_blocker is None:
+        why = (self.static_decoding_blocker if m.share_prompt_prefix and supports_prefix_sharing(self.model)
+               else "prompts not shared (method.share_prompt_prefix=false or a non-Qwen family)")
+        if why is None:
             return {"decode": decode_record(m.decode_compile, self.device)}
-        why = self.static_decoding_blocker if m.share_prompt_prefix and supports_prefix_sharing(self.model) else \
-            "prompts not shared (method.share_prompt_prefix=false or a non-Qwen family)"
         return {"decode": {"compile": m.decode_compile, "compiled": False, "fallback": None, "loop": "generate", "why": why}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

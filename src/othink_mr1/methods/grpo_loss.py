@@ -62,6 +62,11 @@ class StepSizes:
     num_tokens: int
     max_completion_length: int
 
+    @classmethod
+    def of_micro_batch(cls, mask: torch.Tensor) -> "StepSizes":
+        """A step of this one micro-batch ([sequences, completion tokens] mask): the loss is the full-batch loss."""
+        return cls(mask.shape[0], int(mask.sum().item()), mask.shape[1])
+
 
 def grpo_loss(
     logp: torch.Tensor,
@@ -84,7 +89,7 @@ def grpo_loss(
     check_aggregation(aggregation)
     mask = mask.to(logp.dtype)
     if sizes is None:
-        sizes = StepSizes(logp.shape[0], int(mask.sum().item()), logp.shape[1])
+        sizes = StepSizes.of_micro_batch(mask)
     eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
 
     # Policy-gradient term with the PPO clip.

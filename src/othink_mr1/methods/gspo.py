@@ -41,7 +41,7 @@ def gspo_loss(
     mask = mask.to(logp.dtype)
     lengths = mask.sum(dim=1).clamp(min=1.0)
     if sizes is None:
-        sizes = StepSizes(logp.shape[0], int(mask.sum().item()), logp.shape[1])
+        sizes = StepSizes.of_micro_batch(mask)
     eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
 
     # Policy-gradient term with the clip on the sequence ratio.
