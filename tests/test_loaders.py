@@ -620,3 +620,30 @@ def test_render_prompt_keeps_braces(processor):
     batch = PromptCollator(processor, template)(_examples([""], ["What is DE?"]))
     text = processor.tokenizer.decode(batch["input_ids"][0], skip_special_tokens=False)
     assert "What is DE? Write halves as \\frac{1}{2}, and put the answer in <answer> {} </answer>." in text
+
+
+# ------------------------------------------------------------------------------------- validation split
+
+
+def test_synthetic_validation_split_loads_in_the_test_schema(tmp_path):
+    syn = SyntheticDataConfig(num_train=4, num_validation=5, num_test=6)
+    task = task_config(name="geometry", source="synthetic_geometry", scorer="geometry", synthetic=syn)
+    cache = str(tmp_path / "cache")
+    validation = load_split(task, "validation", cache)
+    test = load_split(task, "test", cache)
+    assert (len(validation), len(test)) == (5, 6)
+    assert {"image", "question", "ground_truth"} <= set(validation.column_names)
+    examples = TaskSplit(task, "validation", validation)
+    assert [examples[i].answer for i in range(5)] == [str(g) for g in validation["ground_truth"]]
+    # Geometry's questions carry their numbers, and validation's number combinations are not the test's.
+    assert not set(validation["question"]) & set(test["question"])
+    with pytest.raises(DataError, match="num_validation=0"):
+        load_split(task_config(name="geometry", source="synthetic_geometry", scorer="geometry",
+                               synthetic=SyntheticDataConfig(num_train=4, num_validation=0, num_test=6)), "validation", cache)
+
+
+def test_validation_split_of_a_hub_task_is_refused_by_name(tmp_path):
+    with pytest.raises(DataError, match="task 'geoqa' .*has no validation split"):
+        load_split(task_config(name="geoqa", test_jsonl="x.jsonl"), "validation", str(tmp_path))
+    with pytest.raises(DataError, match="split 'dev' of task 't'"):
+        load_split(task_config(), "dev", str(tmp_path))

@@ -120,6 +120,63 @@ def test_tiny_base_lands_in_its_accuracy_window_on_both_synthetic_tasks():
         assert accuracy == pytest.approx(report["accuracy"][task])
         # It stands in for an instruct model: mostly in the R1 <think>/<answer> format.
         assert summaries[task]["format_rate"] > 0.8
+    # GRPO's room on each task, as recorded: sampling is seeded, so the cached weights give the same figures.
+    from othink_mr1.jobs.tiny_base import sampling_headroom, synthetic_task
+
+    for task in ("counting", "geometry"):
+        recorded = report["sampling_headroom"][task]
+        assert sampling_headroom(model, processor, synthetic_task(task), CACHE) == recorded
+        assert 0 < recorded["mean_accuracy"] <= recorded["pass_at_group"] < 1
+        assert recorded["zero_variance_groups"] < 0.6  # most groups give GRPO a signal
+
+
+class _Verdict:
+    def __init__(self, correct):
+        self.correct = correct
+
+    def score(self, completion, answer):
+        return type("Score", (), {"correct": self.correct(completion)})()
+
+
+@pytest.mark.parametrize("verdict,expected", [
+    (lambda text: True, (1.0, 1.0, 1.0)),
+    (lambda text: False, (0.0, 0.0, 1.0)),
+])
+def test_sampling_headroom_aggregates_group_verdicts(monkeypatch, verdict, expected):
+    """mean accuracy, pass@G and zero-variance groups from the verdicts of each prompt's G samples."""
+    import othink_mr1.jobs.tiny_base as job
+
+    cfg = compose_config(["model=tiny"]).model
+    model, processor = load_model(cfg, CACHE)
+    monkeypatch.setattr(job, "get_scorer", lambda name, protocol: _Verdict(verdict))
+    h = job.sampling_headroom(model, processor, job.synthetic_task("counting"), CACHE, prompts=3, group=2)
+    assert (h["mean_accuracy"], h["pass_at_group"], h["zero_variance_groups"]) == expected
+    assert (h["prompts"], h["group_size"], h["temperature"]) == (3, 2, 1.0)
+
+
+def test_sampling_headroom_is_seeded_and_counts_mixed_groups(monkeypatch):
+    """Alternating verdicts within a group: every group mixed (zero-variance 0), mean 0.5, pass@G 1; the same
+    seed draws the same samples, and the caller's RNG is left as it was."""
+    import othink_mr1.jobs.tiny_base as job
+
+    cfg = compose_config(["model=tiny"]).model
+    model, processor = load_model(cfg, CACHE)
+    seen = []
+
+    class Alternating:
+        def score(self, completion, answer):
+            seen.append(completion)
+            return type("Score", (), {"correct": len(seen) % 2 == 0})()
+
+    monkeypatch.setattr(job, "get_scorer", lambda name, protocol: Alternating())
+    state = torch.random.get_rng_state()
+    h = job.sampling_headroom(model, processor, job.synthetic_task("counting"), CACHE, prompts=3, group=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert (h["mean_accuracy"], h["pass_at_group"], h["zero_variance_groups"]) == (0.5, 1.0, 0.0)
+    first = list(seen)
+    seen.clear()
+    job.sampling_headroom(model, processor, job.synthetic_task("counting"), CACHE, prompts=3, group=2)
+    assert seen == first and len(first) == 6
 
 
 def test_tiny_base_acceptance_tasks_are_the_configured_synthetic_tasks():
@@ -131,3 +188,13 @@ def test_tiny_base_acceptance_tasks_are_the_configured_synthetic_tasks():
         built, configured = synthetic_task(name), cfg.tasks[name]
         for key in ("source", "scorer", "prompt", "synthetic", "max_new_tokens"):
             assert built[key] == configured[key], (name, key)
+
+
+def test_tiny_base_build_names_a_task_missing_from_its_item_counts(tmp_path):
+    from othink_mr1.jobs.tiny_base import build_tiny_base
+    from othink_mr1.utils.errors import ConfigError
+
+    cfg = compose_config(["model=tiny_base", "~model.base_build.num_train.geometry"]).model
+    with pytest.raises(ConfigError, match=r"model.base_build.num_train=.*no item count for \['geometry'\]"):
+        build_tiny_base(cfg, tiny_folder(cfg, CACHE), tmp_path / "out", CACHE)
+    assert not (tmp_path / "out").exists()

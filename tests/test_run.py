@@ -182,6 +182,27 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def test_eval_split_validation_scores_other_items_under_its_own_run_name(make_cfg, no_model):
+    """eval.split=validation (for tuning) scores the validation items, says so in results.json and the run
+    name, and never takes the test run's directory; a task without a validation split fails before a model."""
+    test_cfg = make_cfg("mode=eval", *TINY)
+    cfg = make_cfg("mode=eval", *TINY, "eval.split=validation")
+    assert cfg.run_name == f"{test_cfg.run_name}_validation" and cfg.paths.run_dir != test_cfg.paths.run_dir
+    with pytest.raises(DataError, match="task 'clevr_count' .*has no validation split"):
+        run(make_cfg(*TINY, "eval.split=validation", "eval.tasks=[counting,clevr_count]"))
+
+
+def test_eval_split_validation_results_name_their_split(make_cfg):
+    cfg = make_cfg("mode=eval", *TINY, "eval.split=validation")
+    results = run(cfg)
+    assert results["eval_split"] == "validation"
+    assert {task: scores["n"] for task, scores in results["after"].items()} == {"counting": 8, "geometry": 8}
+    rows = [json.loads(line) for line in (Path(cfg.paths.run_dir) / "eval" / "eval" / "geometry" / "completions.jsonl").open()]
+    from othink_mr1.data.synthetic import geometry
+
+    assert [r["question"] for r in rows] == [geometry.make_item("validation", i, 0, 112, render=False)["question"] for i in range(8)]
+
+
 def png(path: Path) -> Path:
     from PIL import Image
 

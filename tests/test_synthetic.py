@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from othink_mr1.data import synthetic
-from othink_mr1.data.synthetic import counting, geometry, generate_records, synthetic_split
+from othink_mr1.data.synthetic import counting, counting_multi, geometry, generate_records, synthetic_split
 from othink_mr1.data.synthetic.counting import CELL, MAX_OBJECTS, MIN_OBJECTS, TEST_STYLE, TRAIN_STYLE
 from othink_mr1.data.synthetic.geometry import FAMILIES, _length, _sqrt_form, make_problem, split_combinations
 from othink_mr1.rewards.scorers import NormalizedGeometryScorer
@@ -104,12 +104,12 @@ def test_generate_records_yields_num_items_in_index_order():
 # ---------------------------------------------------------------------------------------- counting
 
 
-@pytest.mark.parametrize("split,style", [("train", TRAIN_STYLE), ("test", TEST_STYLE)])
+@pytest.mark.parametrize("split,style", [("train", TRAIN_STYLE), ("validation", TEST_STYLE), ("test", TEST_STYLE)])
 def test_counting_ground_truth_is_the_number_of_objects_in_the_image(split, style):
     counts = []
     for index in range(N_COUNTING):
         item = counting.make_item(split, index, 0, IMAGE_SIZE)
-        truth = item["ground_truth"] if split == "test" else int(re.fullmatch(r"<answer> (\d+) </answer>", item["solution"])[1])
+        truth = item["ground_truth"] if split != "train" else int(re.fullmatch(r"<answer> (\d+) </answer>", item["solution"])[1])
         objects = _objects(item["image"], style.background)
         assert len(objects) == truth, f"{split} item {index}: {len(objects)} objects drawn, ground truth {truth}"
         # Every object lies inside one 28px grid cell (so objects never touch), one object per cell.
@@ -152,6 +152,23 @@ def test_counting_test_split_draws_other_object_types_in_the_same_colours():
             assert max(ratios) < 0.7
 
 
+@pytest.mark.parametrize("module", [counting, counting_multi, geometry], ids=["counting", "counting_multi", "geometry"])
+def test_validation_split_is_test_shaped_and_shares_no_item_with_test(module):
+    """Validation items follow the test schema, in the test's style, and are other items than the test's."""
+    def key(item):
+        images = item.get("images") or [item["image"]]
+        return item["question"], str(item["ground_truth"]), tuple(_image_bytes(i) for i in images)
+
+    validation = [module.make_item("validation", i, 0, IMAGE_SIZE) for i in range(12)]
+    test = [module.make_item("test", i, 0, IMAGE_SIZE) for i in range(12)]
+    assert {k for k in validation[0] if k not in ("image", "images")} == {k for k in test[0] if k not in ("image", "images")}
+    assert not {key(v) for v in validation} & {key(t) for t in test}
+    test_questions = {counting: set(counting.TEST_QUESTIONS),
+                      counting_multi: {q for qs in counting_multi.TEST_QUESTIONS.values() for q in qs}}.get(module)
+    if test_questions is not None:
+        assert {v["question"] for v in validation} <= test_questions
+
+
 def test_render_scene_refuses_more_objects_than_cells():
     import random
 
@@ -179,7 +196,7 @@ def test_geometry_records_follow_the_r1v_schemas():
         train = geometry.make_item("train", index, 0, IMAGE_SIZE)
         # R1-V's train fields, plus the family name (an extra column, ignored by the loaders).
         assert set(train) == {"image", "problem", "solution", "family"}
-        assert re.fullmatch(r"<answer>.+</answer>", train["solution"])
+        assert re.fullmatch(r"<answer> \S+ </answer>", train["solution"])
         assert train["family"] in names
         test = geometry.make_item("test", index, 0, IMAGE_SIZE)
         assert set(test) == {"image", "question", "ground_truth", "family"}
@@ -247,6 +264,24 @@ def expected_answer(family: str, question: str) -> tuple[tuple[int, ...], str]:
     if family == "pythagoras":
         a, b = nums = _numbers(r"angle C = 90\.0, AC = (\d+)\.0, BC = (\d+)\.0", question)
         return nums, _sqrt_reference(a * a + b * b)
+    if family == "isosceles_equal_base":
+        (x,) = nums = _numbers(r"AB = AC, angle B = (\d+)\.0", question)
+        return nums, _degrees(Fraction(x))
+    if family == "equal_radii":
+        (x,) = nums = _numbers(r"angle OAB = (\d+)\.0", question)
+        return nums, _degrees(Fraction(x))
+    if family == "parallelogram_angle":
+        (x,) = nums = _numbers(r"parallelogram ABCD, angle A = (\d+)\.0", question)
+        return nums, _degrees(Fraction(x))
+    if family == "parallelogram_side":
+        (x,) = nums = _numbers(r"parallelogram ABCD, AB = (\d+)\.0", question)
+        return nums, f"{x}cm"
+    if family == "rectangle_diagonals":
+        (x,) = nums = _numbers(r"rectangle, .*AC = (\d+)\.0", question)
+        return nums, f"{x}cm"
+    if family == "same_arc_angle":
+        (x,) = nums = _numbers(r"angle ACB = (\d+)\.0", question)
+        return nums, _degrees(Fraction(x))
     if family == "equilateral_angle":
         return _numbers(r"AB = (\d+)\.0", question), "60°"
     if family == "semicircle_right_angle":
@@ -275,15 +310,20 @@ def test_sqrt_form_and_length_use_geoqa_notation():
 
 
 def test_geometry_families_split_their_numbers_disjointly():
-    assert len(FAMILIES) == 15 and len({f.name for f in FAMILIES}) == 15
+    assert len(FAMILIES) == 21 and len({f.name for f in FAMILIES}) == 21
     for family in FAMILIES:
-        train = split_combinations(family, "train")
-        test = split_combinations(family, "test")
-        assert train and test, family.name
-        assert not set(train) & set(test), family.name
-        assert set(train) | set(test) == set(family.combinations), family.name
+        train, validation, test = (split_combinations(family, s) for s in ("train", "validation", "test"))
+        assert train and validation and test, family.name
+        assert not set(train) & set(test) and not set(train) & set(validation), family.name
+        assert not set(validation) & set(test), family.name
+        assert set(train) | set(validation) | set(test) == set(family.combinations), family.name
+        # A quarter tested, a tenth for validation (each at least one), the rest trained on.
+        n = len(family.combinations)
+        assert len(test) == max(1, round(0.25 * n)) and len(validation) == max(1, round(0.10 * n)), family.name
         # The split is a pure function of the combination (stable across calls).
         assert split_combinations(family, "test") == test
+    with pytest.raises(ValueError, match="no split 'dev'"):
+        split_combinations(FAMILIES[0], "dev")
 
 
 def test_every_combination_of_every_family_has_the_right_answer():
@@ -304,13 +344,13 @@ def test_generated_geometry_items_are_right_and_stay_in_their_split():
     families = {f.name: f for f in FAMILIES}
     notations = set()
     checked = 0
-    for split in ("train", "test"):
+    for split in ("train", "validation", "test"):
         for index in range(150):
             item = geometry.make_item(split, index, 0, IMAGE_SIZE, render=False)
-            if split == "test":
+            if split != "train":
                 question, truth = item["question"], item["ground_truth"]
             else:
-                question, truth = item["problem"], re.fullmatch(r"<answer>(.+)</answer>", item["solution"])[1]
+                question, truth = item["problem"], re.fullmatch(r"<answer> (.+) </answer>", item["solution"])[1]
             numbers, answer = expected_answer(item["family"], question)
             assert truth == answer, (split, index, item)
             assert numbers in split_combinations(families[item["family"]], split), (split, index, numbers)
@@ -318,7 +358,7 @@ def test_generated_geometry_items_are_right_and_stay_in_their_split():
             assert make_problem(split, index, 0)[1].answer == truth
             notations.update(n for n in ("°", "cm", "\\frac", "√") if n in truth)
             checked += 1
-    assert checked == 300
+    assert checked == 450
     assert notations == {"°", "cm", "\\frac", "√"}
 
 
@@ -407,11 +447,9 @@ def test_counting_multi_answer_is_the_total_of_the_objects_in_its_images(split, 
 
 
 def test_counting_multi_is_a_new_source_and_leaves_the_other_generators_alone():
-    from othink_mr1.data.synthetic import GENERATOR_VERSION, GENERATORS, counting_multi
+    from othink_mr1.data.synthetic import GENERATORS
     from othink_mr1.data.tasks import SOURCES
 
-    # Existing cached splits (and models keyed on them) stay valid: the version is unchanged.
-    assert GENERATOR_VERSION == 2
     assert GENERATORS["synthetic_counting_multi"] is counting_multi.make_item
     assert GENERATORS["synthetic_counting"] is counting.make_item
     assert "synthetic_counting_multi" in SOURCES

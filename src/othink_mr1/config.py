@@ -29,6 +29,9 @@ ImageBackend = StrEnum("ImageBackend", {name: name for name in IMAGE_BACKENDS})
 # method.decode_compile (models/decoding.py): run GRPO's decode step through torch.compile.
 DECODE_COMPILE = ("auto", "on", "off")
 DecodeCompile = StrEnum("DecodeCompile", {name: name for name in DECODE_COMPILE})
+# eval.split: the split evaluation scores. validation (synthetic tasks only) is for tuning, never for reporting.
+EVAL_SPLITS = ("test", "validation")
+EvalSplit = StrEnum("EvalSplit", {name: name for name in EVAL_SPLITS})
 
 # --------------------------------------------------------------------------------------------- task
 
@@ -42,6 +45,7 @@ class SyntheticDataConfig:
     """Size and seed of a generated (Pillow-rendered) dataset."""
 
     num_train: int = MISSING
+    num_validation: int = MISSING
     num_test: int = MISSING
     image_size: int = 112
     seed: int = 0
@@ -109,7 +113,9 @@ class TinyBaseBuildConfig:
     batch_size: int = MISSING
     lr: float = MISSING
     warmup_ratio: float = MISSING
-    num_train_per_task: int = MISSING
+    # Pretraining items drawn per synthetic task (`counting`, `geometry`), shuffled together: the mix sets
+    # how far each task gets (counting learns in fewer items than geometry's copying does).
+    num_train: dict[str, int] = MISSING
     # Accuracy window the built model must land in on each synthetic test split.
     min_accuracy: float = MISSING
     max_accuracy: float = MISSING
@@ -365,6 +371,9 @@ class EvalConfig:
     # whole output with math-verify), or normalized (the normalising answer-span geometry scorer). GRPO's
     # accuracy reward pays the same protocol's verdict.
     protocol: ScoringProtocol = ScoringProtocol.r1v
+    # Which split is scored: test (what results report) or validation (synthetic tasks only: items kept
+    # apart from train and test, for tuning settings without looking at the test split).
+    split: EvalSplit = EvalSplit.test
 
 
 @dataclass
@@ -497,7 +506,14 @@ def _path_name(value: Any) -> str:
     return str(value).rstrip("/").replace("\\", "/").rsplit("/", 1)[-1] if value not in (None, "") else "pretrained"
 
 
+def _split_tag(split: Any) -> str:
+    """Run names of runs scored on the validation split end in _validation (test runs keep their names), so
+    a tuning run never takes, or skips as finished, the directory of the run it tunes for."""
+    return "" if str(split) == "test" else f"_{split}"
+
+
 def _register_resolvers() -> None:
-    for name, fn in (("suffix", _suffix), ("ckpt_tag", _ckpt_tag), ("method_tag", method_tag), ("path_name", _path_name)):
+    for name, fn in (("suffix", _suffix), ("ckpt_tag", _ckpt_tag), ("method_tag", method_tag), ("path_name", _path_name),
+                     ("split_tag", _split_tag)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -117,7 +117,7 @@ def load_data(cfg: DictConfig, eval_tasks: dict[str, Any], run_dir: Path) -> VLM
         train_batch_size=cfg.method.batch_size, eval_batch_size=cfg.eval.batch_size,
         train_collator=find_method(cfg.method.name).train_collator(cfg.method) if train else None,
         sft_target=cfg.method.get("target", "auto"), with_train=train, seed=cfg.seed,
-        on_bad_row=cfg.data.on_bad_row, max_bad_fraction=cfg.data.max_bad_fraction,
+        on_bad_row=cfg.data.on_bad_row, max_bad_fraction=cfg.data.max_bad_fraction, eval_split=str(cfg.eval.split),
     )
     dm.setup("fit" if train else "validate")
     if rank_zero_only.rank == 0:
@@ -286,7 +286,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
             export_model(module.model, processor, run_dir / "model")
 
         results = {
-            **run_identity(cfg), "ckpt": cfg.ckpt, "eval_tasks": dm.eval_names,
+            **run_identity(cfg), "ckpt": cfg.ckpt, "eval_tasks": dm.eval_names, "eval_split": dm.eval_split,
             "prompts": {n: {"prompt": t.prompt, "eval_prompt": t.eval_prompt or t.prompt} for n, t in eval_tasks.items()},
             "before": before, "after": after,
             "train": train_record(trainer, module, budget, train_seconds, resume_from) if train else None,
@@ -320,5 +320,5 @@ def results_table(results: dict[str, Any]) -> str:
         rows["before (row zero)"] = results["before"]
     label = f"after {results['method']}" if results["mode"] == "train" else results["model"]
     rows[label] = results["after"]
-    title = f"accuracy on the test splits - {results['run_name']}"
+    title = f"accuracy on the {results.get('eval_split', 'test')} splits - {results['run_name']}"
     return f"\n{title}\n{format_table(rows, results['eval_tasks'])}\n"

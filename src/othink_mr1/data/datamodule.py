@@ -1,4 +1,4 @@
-"""The one LightningDataModule: the train split of `task` and a named test split per eval task."""
+"""The one LightningDataModule: the train split of `task` and a named evaluation split per eval task."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class VLMDataModule(pl.LightningDataModule):
-    """Serves `task`'s train split and, for every name in `eval_tasks`, that task's test split.
+    """Serves `task`'s train split and, for every name in `eval_tasks`, that task's `eval_split` (test, or
+    validation when tuning).
 
     Splits are loaded and validated in `setup`, which the runner calls before it builds a model, so
     bad data fails in seconds. Validation loaders come in `eval_tasks` order; `eval_names[i]` names
@@ -28,7 +29,7 @@ class VLMDataModule(pl.LightningDataModule):
     def __init__(self, task: Any, eval_tasks: dict[str, Any], cache_dir: str, train_batch_size: int = 8,
                  eval_batch_size: int = 16, train_collator: Callable[..., Any] | None = None, sft_target: str = "auto",
                  num_workers: int = 0, with_train: bool = True, seed: int = 0, on_bad_row: str = "error",
-                 max_bad_fraction: float = 0.1):
+                 max_bad_fraction: float = 0.1, eval_split: str = "test"):
         super().__init__()
         # The method's collator class (its descriptor's train_collator): called as
         # train_collator(processor, template, split=...) once the processor exists.
@@ -38,6 +39,7 @@ class VLMDataModule(pl.LightningDataModule):
         self.train_num_batches: int | None = None
         self.task = task
         self.eval_tasks = eval_tasks
+        self.eval_split = eval_split
         self.cache_dir = cache_dir
         self.train_batch_size = train_batch_size
         self.eval_batch_size = eval_batch_size
@@ -61,8 +63,9 @@ class VLMDataModule(pl.LightningDataModule):
             log.info("train split of %s: %d examples", self.task.name, len(ds))
         for name, task in self.eval_tasks.items():
             if name not in self.eval_splits:
-                self.eval_splits[name] = TaskSplit(task, "test", load_split(task, "test", self.cache_dir, self.bad_rows))
-                log.info("eval split %s: %d examples", name, len(self.eval_splits[name]))
+                ds = load_split(task, self.eval_split, self.cache_dir, self.bad_rows)
+                self.eval_splits[name] = TaskSplit(task, self.eval_split, ds)
+                log.info("eval split %s (%s): %d examples", name, self.eval_split, len(ds))
 
     def _require_processor(self) -> Any:
         if self.processor is None:
@@ -83,7 +86,7 @@ class VLMDataModule(pl.LightningDataModule):
 
     def eval_dataloader(self, name: str) -> DataLoader:
         task = self.eval_tasks[name]
-        collate = PromptCollator(self._require_processor(), task.eval_prompt or task.prompt, split=f"{name} test")
+        collate = PromptCollator(self._require_processor(), task.eval_prompt or task.prompt, split=f"{name} {self.eval_split}")
         split = self.eval_splits[name]
         # Each rank scores its own shard (no padding repeats); the harness gathers them. The loader's own
         # generator: a DataLoader without one draws its workers' base seed from the global torch RNG each

@@ -19,6 +19,8 @@ from typing import Any
 
 from PIL import Image
 
+# A task's splits. Validation records (synthetic tasks only) follow the test schema: see schema_role.
+SPLITS = ("train", "validation", "test")
 TRAIN_FIELDS = ("problem", "solution")  # plus an image field
 TEST_FIELDS = ("question", "ground_truth")  # plus an image field
 # The fields that may hold a record's image(s), in the order they are looked up: the first one

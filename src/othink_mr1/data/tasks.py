@@ -1,4 +1,4 @@
-"""Build a task's train or test split from its config, validated, as canonical examples."""
+"""Build a task's train, validation or test split from its config, validated, as canonical examples."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch.utils.data import Dataset as TorchDataset
 from .hub import load_test_jsonl, load_train_source
 from .records import (
     IMAGE_FIELDS,
+    SPLITS,
     BadRows,
     DataError,
     Example,
@@ -30,8 +31,16 @@ log = logging.getLogger(__name__)
 SOURCES = ("synthetic_counting", "synthetic_geometry", "synthetic_counting_multi", "r1v")
 
 
-def load_split(task: Any, role: str, cache_dir: str, bad_rows: BadRows | None = None):
-    """The raw `datasets.Dataset` of `task`'s "train" or "test" split, validated and subset.
+def schema_role(split: str) -> str:
+    """The record schema a split follows: validation items are scored like test items."""
+    return "train" if split == "train" else "test"
+
+
+def load_split(task: Any, split: str, cache_dir: str, bad_rows: BadRows | None = None):
+    """The raw `datasets.Dataset` of `task`'s "train", "validation" or "test" split, validated and subset.
+
+    Only synthetic tasks have a validation split (items kept apart from both train and test, in the
+    test's schema, for tuning); asking another source for one is a DataError.
 
     Every row that can reach the model is checked (text fields, a decodable image): with
     `bad_rows` in "skip" mode a bad row is recorded and left out, otherwise the first one raises
@@ -39,8 +48,10 @@ def load_split(task: Any, role: str, cache_dir: str, bad_rows: BadRows | None = 
     many good rows in its order, so skipped rows do not shrink it."""
     if task.source not in SOURCES:
         raise DataError(f"task.source='{task.source}' for task '{task.name}': expected one of {list(SOURCES)}")
+    if split not in SPLITS:
+        raise DataError(f"split '{split}' of task '{task.name}': expected one of {list(SPLITS)}")
     bad_rows = bad_rows or BadRows()
-    split = "train" if role == "train" else "test"
+    role = schema_role(split)
     bad_rows.split = f"{task.name} {split}"
     size = task.train_size if role == "train" else task.eval_size
     if size is not None and size <= 0:
@@ -53,12 +64,15 @@ def load_split(task: Any, role: str, cache_dir: str, bad_rows: BadRows | None = 
         syn = task.synthetic
         if syn is None:
             raise DataError(f"task '{task.name}': task.synthetic is required for source '{task.source}'")
-        num = syn.num_train if role == "train" else syn.num_test
+        key = f"num_{split}"
+        num = getattr(syn, key)
         if num < 1:
-            key = "num_train" if role == "train" else "num_test"
             raise DataError(f"task.synthetic.{key}={num}: the {split} split of task '{task.name}' is empty")
         ds = synthetic_split(task.source, split, num, syn.seed, syn.image_size, cache_dir)
         where = f"synthetic task '{task.name}' ({split} split)"
+    elif split == "validation":
+        raise DataError(f"task '{task.name}' (source '{task.source}') has no validation split: only synthetic tasks "
+                        f"have one (eval.split=validation is for tuning on the embedded tasks)")
     elif role == "train":
         if not task.train_source:
             raise DataError(f"task '{task.name}': task.train_source is not set")
@@ -128,9 +142,9 @@ def _undecoded(feature: Any) -> Any:
 class TaskSplit(TorchDataset):
     """A split as canonical `Example`s (images decoded lazily, in the loader workers)."""
 
-    def __init__(self, task: Any, role: str, ds, sft_target_mode: str = "auto"):
+    def __init__(self, task: Any, split: str, ds, sft_target_mode: str = "auto"):
         self.task = task
-        self.role = role
+        self.role = schema_role(split)
         self.ds = ds
         self.sft_target_mode = sft_target_mode
 

@@ -33,12 +33,20 @@ from ..data.collate import PromptCollator, SFTCollator
 from ..data.records import Example, load_image
 from ..data.synthetic import counting, geometry, synthetic_split
 from ..data.tasks import TaskSplit, load_split
-from ..evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
+from ..evaluation.harness import (
+    EvalSpec,
+    completion_mask,
+    effective_max_new_tokens,
+    format_table,
+    stop_token_ids,
+    suppressed_token_ids,
+)
 from ..methods.evaluation_module import EvaluationModule
 from ..methods.sft import SFTModule
 from ..models.factory import cached_build, load_local, tiny_base_folder, tiny_folder
 from ..models.tiny import R1V_SUFFIXES
-from ..rewards.scorers import DEFAULT_PROTOCOL
+from ..rewards.scorers import DEFAULT_PROTOCOL, get_scorer
+from ..utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +119,13 @@ def build_tiny_base(model_cfg: Any, tiny_dir: Path, out_dir: Path, cache_dir: st
     print(f"[tiny_base] building (first use; cached afterwards): {build.steps} steps on both synthetic tasks",
           flush=True)
     model, processor = load_local(tiny_dir, min_pixels=model_cfg.min_pixels, max_pixels=model_cfg.max_pixels)
+    missing = [name for name in ACCEPTANCE_TASKS if name not in build.num_train]
+    if missing:
+        raise ConfigError(f"model.base_build.num_train={dict(build.num_train)}: no item count for {missing} (the build "
+                          f"pretrains on {list(ACCEPTANCE_TASKS)})")
     seed = build.seed + PRETRAIN_SEED_OFFSET
     parts = [
-        PretrainingSet(name, synthetic_split(f"synthetic_{name}", "train", build.num_train_per_task, seed,
+        PretrainingSet(name, synthetic_split(f"synthetic_{name}", "train", build.num_train[name], seed,
                                              PRETRAIN_IMAGE_SIZE, cache_dir), seed)
         for name in ACCEPTANCE_TASKS
     ]
@@ -137,10 +149,12 @@ def build_tiny_base(model_cfg: Any, tiny_dir: Path, out_dir: Path, cache_dir: st
 
     summaries = evaluate_synthetic(model, processor, cache_dir, BUILD_EVAL_MAX_NEW_TOKENS)
     accuracy = {name: summaries[name]["accuracy"] for name in ACCEPTANCE_TASKS}
+    headroom = {name: sampling_headroom(model, processor, synthetic_task(name), cache_dir) for name in ACCEPTANCE_TASKS}
     in_window = all(build.min_accuracy <= a <= build.max_accuracy for a in accuracy.values())
     report = {
         "accuracy": accuracy,
         "format_rate": {name: summaries[name]["format_rate"] for name in ACCEPTANCE_TASKS},
+        "sampling_headroom": headroom,
         "window": [build.min_accuracy, build.max_accuracy],
         "in_window": in_window,
         "train_seconds": round(train_seconds, 1),
@@ -149,6 +163,10 @@ def build_tiny_base(model_cfg: Any, tiny_dir: Path, out_dir: Path, cache_dir: st
     }
     print("[tiny_base] test accuracy after pretraining:\n" + format_table({"tiny_base": summaries}, list(ACCEPTANCE_TASKS)),
           flush=True)
+    for name, h in headroom.items():
+        print(f"[tiny_base] {name}: sampling {h['prompts']} train prompts x {h['group_size']} at temperature "
+              f"{h['temperature']}: mean accuracy {h['mean_accuracy']:.3f}, pass@{h['group_size']} "
+              f"{h['pass_at_group']:.3f}, groups with zero reward variance {h['zero_variance_groups']:.3f}", flush=True)
     if not in_window:
         log.warning("tiny_base accuracy %s is outside the window [%s, %s]: later methods may have no room to "
                     "improve or degrade; change model.base_build.steps", accuracy, build.min_accuracy, build.max_accuracy)
@@ -171,3 +189,50 @@ def evaluate_synthetic(model: Any, processor: Any, cache_dir: str | Path, cap: i
                          enable_model_summary=False)
     trainer.validate(module, dataloaders=loaders, verbose=False)
     return module.last_eval
+
+
+# What GRPO will see from the base: groups of completions sampled on train prompts, as in a GRPO step.
+HEADROOM_PROMPTS = 48
+HEADROOM_GROUP = 8
+HEADROOM_TEMPERATURE = 1.0
+
+
+@torch.no_grad()
+def sampling_headroom(model: Any, processor: Any, task: Any, cache_dir: str | Path, prompts: int = HEADROOM_PROMPTS,
+                      group: int = HEADROOM_GROUP, temperature: float = HEADROOM_TEMPERATURE, seed: int = 0) -> dict[str, Any]:
+    """Room for GRPO on `task`: sample `group` completions for each of `prompts` train prompts (the task's own
+    train split, its seeded few-shot subset of that size) and score each with the task's accuracy verdict. `mean_accuracy` is the share of
+    correct completions, `pass_at_group` the share of prompts with at least one, and `zero_variance_groups`
+    the share whose completions all score the same (no GRPO advantage, no learning signal)."""
+    subset = OmegaConf.merge(task, {"train_size": prompts})  # loads and checks only these rows
+    split = TaskSplit(subset, "train", load_split(subset, "train", str(cache_dir)))
+    examples = [split[i] for i in range(len(split))]
+    scorer = get_scorer(task.scorer, DEFAULT_PROTOCOL)
+    collate = PromptCollator(processor, task.prompt)
+    tokenizer = processor.tokenizer
+    stops = stop_token_ids(model, tokenizer)
+    cap = effective_max_new_tokens(task.max_new_tokens, BUILD_EVAL_MAX_NEW_TOKENS)
+    was_training = model.training
+    model.eval()
+    groups: list[list[bool]] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(examples), 16):
+            chunk = examples[start:start + 16]
+            inputs = {k: v for k, v in collate(chunk).items() if isinstance(v, torch.Tensor)}
+            out = model.generate(**inputs, max_new_tokens=cap, do_sample=True, temperature=temperature, top_k=0,
+                                 top_p=1.0, num_return_sequences=group, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=stops, suppress_tokens=suppressed_token_ids(processor))
+            completions = out[:, inputs["input_ids"].shape[1]:]
+            lengths = completion_mask(completions, stops).sum(dim=1).tolist()
+            texts = [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(completions, lengths)]
+            for i, example in enumerate(chunk):
+                groups.append([scorer.score(t, example.answer).correct for t in texts[i * group:(i + 1) * group]])
+    model.train(was_training)
+    n = len(groups)
+    return {
+        "prompts": n, "group_size": group, "temperature": temperature, "max_new_tokens": cap,
+        "mean_accuracy": round(sum(map(sum, groups)) / (n * group), 4),
+        "pass_at_group": round(sum(any(g) for g in groups) / n, 4),
+        "zero_variance_groups": round(sum(len(set(g)) == 1 for g in groups) / n, 4),
+    }

@@ -76,7 +76,8 @@ def tiny_folder(model_cfg: Any, cache_dir: str | Path) -> Path:
     arch = model_cfg.tiny
     if arch is None:
         raise ModelError(f"model '{model_cfg.name}': model.tiny (the architecture) is required for source '{model_cfg.source}'")
-    folder = Path(cache_dir) / "models" / f"tiny-{config_digest(arch, TINY_VERSION)}"
+    # The tokenizer is trained on the synthetic tasks' text (models/tiny.py), so the generators' version keys it too.
+    folder = Path(cache_dir) / "models" / f"tiny-{config_digest(arch, TINY_VERSION, GENERATOR_VERSION)}"
 
     def build(tmp: Path) -> None:
         tokenizer = build_tokenizer(arch.vocab_size)

@@ -95,11 +95,13 @@ def render_scene(rng: random.Random, count: int, image_size: int, style: SceneSt
 
 
 def make_item(split: str, index: int, seed: int, image_size: int, render: bool = True) -> dict:
-    """One record of `split` ("train" or "test"), a pure function of its arguments."""
+    """One record of `split` ("train", "validation" or "test"), a pure function of its arguments.
+    Validation draws other scenes in the test's style (for tuning on the shifted distribution without
+    touching a test item) and follows the test schema."""
     # A string seed is hashed with SHA-512 by `random`, so items are stable across processes.
     rng = random.Random(f"counting/{split}/{seed}/{index}")
     count = rng.randint(MIN_OBJECTS, MAX_OBJECTS)
-    test = split == "test"
+    test = split != "train"
     question = rng.choice(TEST_QUESTIONS if test else TRAIN_QUESTIONS)
     image = render_scene(rng, count, image_size, TEST_STYLE if test else TRAIN_STYLE) if render else None
     if test:

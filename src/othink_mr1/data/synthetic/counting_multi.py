@@ -36,10 +36,11 @@ def num_scenes(index: int) -> int:
 
 
 def make_item(split: str, index: int, seed: int, image_size: int, render: bool = True) -> dict:
-    """One record of `split` ("train" or "test"), a pure function of its arguments."""
+    """One record of `split` ("train", "validation" or "test"), a pure function of its arguments;
+    validation is drawn like test (other scenes) and follows its schema."""
     # A string seed is hashed with SHA-512 by `random`, so items are stable across processes.
     rng = random.Random(f"counting_multi/{split}/{seed}/{index}")
-    test = split == "test"
+    test = split != "train"
     n = num_scenes(index)
     counts = [rng.randint(MIN_OBJECTS, MAX_OBJECTS) for _ in range(n)]
     question = rng.choice((TEST_QUESTIONS if test else TRAIN_QUESTIONS)[n])

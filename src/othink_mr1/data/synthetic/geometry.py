@@ -8,8 +8,12 @@ semicircle, square, regular hexagon), copying a given angle (corresponding, alte
 angles), supplements, the triangle angle sum, halving (bisectors, inscribed angles, midlines), and
 Pythagoras.
 
-Train and test share the families but not the numbers: every family's possible number combinations
-are split once, by a hash of the combination, so no test combination appears in training.
+Train, validation and test share the families but not the numbers: every family's possible number
+combinations are split once, ordered by a hash of the combination (a quarter held out for testing, a
+tenth for validation, each at least one), so no validation or test combination appears in training and
+validation (for tuning) never sees a test combination. On those unseen numbers the families that carry
+a given quantity over by a named fact generalize; the ones that need arithmetic on it mostly do not at
+the tiny models' scale.
 """
 
 from __future__ import annotations
@@ -23,7 +27,11 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
-TEST_FRACTION_PERCENT = 25  # share of each family's number combinations held out for testing
+from ..records import SPLITS
+
+# Shares of each family's number combinations held out for testing and for validation (at least one each).
+TEST_FRACTION = 0.25
+VALIDATION_FRACTION = 0.10
 
 
 @dataclass(frozen=True)
@@ -229,6 +237,74 @@ def _hexagon(x: int) -> Problem:
     )
 
 
+# Families whose answer is a given quantity carried over by a named fact (equal base angles, equal radii,
+# opposite sides and angles, equal diagonals, angles on the same arc). On held-out numbers they need
+# no arithmetic, only reading the number and knowing the fact: the part of the task a ~1M-parameter
+# model learns to generalize (measured: the arithmetic families stay near zero on held-out numbers).
+def _isosceles_equal_base(x: int) -> Problem:
+    return Problem(
+        f"As shown in the figure, in triangle ABC, AB = AC, angle B = {_deg(x)}, then the degree of angle C is ()",
+        f"{x}°",
+        f"AB = AC, so the base angles are equal. angle C = angle B = {x}°.",
+        _TRIANGLE, _TRIANGLE_SEGMENTS,
+    )
+
+
+def _equal_radii(x: int) -> Problem:
+    pts = {"O": (0.5, 0.5), "A": (0.14, 0.62), "B": (0.86, 0.62)}
+    return Problem(
+        f"As shown in the figure, points A and B are on circle O, OA and OB are connected, angle OAB = {_deg(x)}, "
+        f"then the degree of angle OBA is ()",
+        f"{x}°",
+        f"OA = OB are radii, so angle OBA = angle OAB = {x}°.",
+        pts, (("O", "A"), ("O", "B"), ("A", "B")), (("O", 0.38),),
+    )
+
+
+_PARALLELOGRAM = {"A": (0.1, 0.8), "B": (0.65, 0.8), "C": (0.9, 0.2), "D": (0.35, 0.2)}
+_PARALLELOGRAM_SEGMENTS = (("A", "B"), ("B", "C"), ("C", "D"), ("D", "A"))
+
+
+def _parallelogram_angle(x: int) -> Problem:
+    return Problem(
+        f"As shown in the figure, in parallelogram ABCD, angle A = {_deg(x)}, then the degree of angle C is ()",
+        f"{x}°",
+        f"Opposite angles of a parallelogram are equal, so angle C = angle A = {x}°.",
+        _PARALLELOGRAM, _PARALLELOGRAM_SEGMENTS,
+    )
+
+
+def _parallelogram_side(x: int) -> Problem:
+    return Problem(
+        f"As shown in the figure, in parallelogram ABCD, AB = {x}.0, then the length of CD is ()",
+        _length(x),
+        f"Opposite sides of a parallelogram are equal, so CD = AB = {_length(x)}.",
+        _PARALLELOGRAM, _PARALLELOGRAM_SEGMENTS,
+    )
+
+
+def _rectangle_diagonals(x: int) -> Problem:
+    pts = {"A": (0.1, 0.2), "B": (0.9, 0.2), "C": (0.9, 0.8), "D": (0.1, 0.8), "O": (0.5, 0.58)}
+    return Problem(
+        f"As shown in the figure, ABCD is a rectangle, the diagonals AC and BD intersect at point O, AC = {x}.0, "
+        f"then the length of BD is ()",
+        _length(x),
+        f"The diagonals of a rectangle are equal, so BD = AC = {_length(x)}.",
+        pts, (("A", "B"), ("B", "C"), ("C", "D"), ("D", "A"), ("A", "C"), ("B", "D")),
+    )
+
+
+def _same_arc(x: int) -> Problem:
+    pts = {"O": (0.5, 0.5), "A": (0.14, 0.62), "B": (0.86, 0.62), "C": (0.3, 0.18), "D": (0.72, 0.16)}
+    return Problem(
+        f"As shown in the figure, points A, B, C and D are on circle O, angle ACB = {_deg(x)}, then the degree of "
+        f"angle ADB is ()",
+        f"{x}°",
+        f"angle ADB and angle ACB are inscribed angles on the same arc AB, so angle ADB = angle ACB = {x}°.",
+        pts, (("C", "A"), ("C", "B"), ("D", "A"), ("D", "B")), (("O", 0.38),),
+    )
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -249,6 +325,12 @@ FAMILIES: tuple[Family, ...] = (
     Family("diameter_right_angle", _diameter, tuple((a,) for a in range(15, 80, 5))),
     Family("midline_length", _midline, tuple((n,) for n in range(2, 41))),
     Family("pythagoras", _pythagoras, tuple((a, b) for a in range(1, 13) for b in range(1, 13))),
+    Family("isosceles_equal_base", _isosceles_equal_base, tuple((x,) for x in range(15, 90, 5))),
+    Family("equal_radii", _equal_radii, tuple((x,) for x in range(10, 90, 5))),
+    Family("parallelogram_angle", _parallelogram_angle, tuple((x,) for x in range(30, 155, 5))),
+    Family("parallelogram_side", _parallelogram_side, tuple((x,) for x in range(2, 41))),
+    Family("rectangle_diagonals", _rectangle_diagonals, tuple((x,) for x in range(2, 41))),
+    Family("same_arc_angle", _same_arc, tuple((x,) for x in range(15, 90, 5))),
     # The answer follows from the figure alone; the length given is a distractor.
     Family("equilateral_angle", _equilateral, tuple((x,) for x in range(2, 41))),
     Family("semicircle_right_angle", _thales, tuple((x,) for x in range(2, 31))),
@@ -257,16 +339,21 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
-def _held_out(family: str, combo: tuple[int, ...]) -> bool:
-    digest = hashlib.sha1(f"{family}:{combo}".encode()).hexdigest()
-    return int(digest, 16) % 100 < TEST_FRACTION_PERCENT
+def _rank(family: str, combo: tuple[int, ...]) -> int:
+    return int(hashlib.sha1(f"{family}:{combo}".encode()).hexdigest(), 16)
 
 
 @lru_cache(maxsize=None)
 def split_combinations(family: Family, split: str) -> tuple[tuple[int, ...], ...]:
-    """The family's number combinations that belong to `split` (disjoint between splits)."""
-    test = split == "test"
-    return tuple(c for c in family.combinations if _held_out(family.name, c) == test)
+    """The family's number combinations that belong to `split` (disjoint between splits, none empty)."""
+    if split not in SPLITS:
+        raise ValueError(f"synthetic geometry has no split {split!r}; splits: {', '.join(SPLITS)}")
+    ordered = sorted(family.combinations, key=lambda c: _rank(family.name, c))
+    n_test = max(1, round(TEST_FRACTION * len(ordered)))
+    n_val = max(1, round(VALIDATION_FRACTION * len(ordered)))
+    chosen = set({"test": ordered[:n_test], "validation": ordered[n_test:n_test + n_val],
+                  "train": ordered[n_test + n_val:]}[split])
+    return tuple(c for c in family.combinations if c in chosen)
 
 
 @lru_cache(maxsize=8)
@@ -304,14 +391,18 @@ def make_problem(split: str, index: int, seed: int) -> tuple[str, Problem]:
 
 
 def make_item(split: str, index: int, seed: int, image_size: int, render: bool = True) -> dict:
-    """One record of `split` ("train" or "test"), a pure function of its arguments."""
+    """One record of `split` ("train", "validation" or "test"), a pure function of its arguments.
+    Validation records follow the test schema."""
     family, problem = make_problem(split, index, seed)
     image = render_problem(problem, image_size) if render else None
-    if split == "test":
+    if split != "train":
         return {"image": image, "question": problem.question, "ground_truth": problem.answer, "family": family}
     return {
         "image": image,
         "problem": problem.question,
-        "solution": f"<answer>{problem.answer}</answer>",
+        # Spaced like the counting task's solutions: R1-V's geometry verdict (math-verify over the whole
+        # completion) cannot parse an unspaced `<answer>70°</answer>`, so SFT on unspaced targets would teach
+        # unscorable answers (the paper's SFT does score on GeoQA).
+        "solution": f"<answer> {problem.answer} </answer>",
         "family": family,
     }
