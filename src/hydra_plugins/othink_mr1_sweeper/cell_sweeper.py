@@ -19,19 +19,40 @@ and drops the seed (greedy evaluation does not depend on it), so it runs once pe
 
 Jobs report {"status": "finished" | "skipped" | "failed"} (run.py); after the grid, one line counts
 them and the process exits with the number of failed cells (capped at 100), 0 when none failed.
+
+With `tune`, the grid first tunes each cell's settings on the validation split, then runs at the best:
+
+    tune:
+      seeds: [1]                                  # seeds each candidate is trained with
+      search:
+        sft: {method.lr: [1.0e-4, 5.0e-4]}        # a key's values are crossed with the other keys'
+        grpo_d:
+          method.lr: [1.0e-4, 3.0e-4]
+          betas: [[kl.beta_min=0.0, kl.beta_max=0.02], [kl.beta_min=0.04, kl.beta_max=0.1]]  # bundles
+
+Phase one trains every (task, cell, candidate, tune seed) with `eval.split=validation` into
+<sweep dir>/tune/ (the report reads only the runs directly in the sweep dir, so tuning runs never
+enter its tables). Each (task, cell) keeps the candidate with the best mean validation accuracy on its
+trained task (ties: the first listed); <sweep dir>/tuning.json records every score and the choice. Phase
+two is the grid above with each cell's chosen overrides. Every cell is tuned the same way, on the same
+seeds and budget; the test split is never read before phase two.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import re
 from collections import Counter, OrderedDict
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobStatus
 from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +72,54 @@ def seed_values(values: List[str]) -> List[str]:
     return values
 
 
+TUNE_DIR = "tune"
+TUNING_FILE = "tuning.json"
+
+
+def candidates(search: Dict[str, Any]) -> List[List[str]]:
+    """A cell's search space as override lists, in order: each key's values crossed with the other keys'.
+    A scalar value v of key k is `k=v`; a list value is a bundle of overrides (the key only names it)."""
+    axes = []
+    for key, values in search.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise HydraException(f"hydra.sweeper.tune.search: '{key}' needs a non-empty list of values")
+        axes.append([[str(o) for o in v] if isinstance(v, (list, tuple)) else [f"{key}={v}"] for v in values])
+    return [[o for part in combo for o in part] for combo in itertools.product(*axes)]
+
+
+def candidate_tag(overrides: List[str]) -> str:
+    """A run-name-safe label for a candidate: method.lr=1e-4, kl.beta=0.04 -> lr1e-4_beta0.04."""
+    parts = [o.split("=", 1)[0].rsplit(".", 1)[-1] + o.split("=", 1)[1] for o in overrides]
+    return "tune-" + re.sub(r"[^A-Za-z0-9._+-]", "", "_".join(parts))
+
+
 class CellSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
-                 cells: Optional[Dict[str, List[str]]] = None) -> None:
+                 cells: Optional[Dict[str, List[str]]] = None, tune: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         if not cells:
             # Also what selecting the grids' shared base alone (sweeps=_base/grid) ends in: it has no cells.
             raise HydraException("hydra.sweeper.cells is empty: a cell sweep needs at least one cell (pick a grid, "
                                  "sweeps=NAME for sweeps/NAME.yaml; sweeps/_base/grid.yaml is only their shared base)")
         self.cells = {name: [str(o) for o in overrides] for name, overrides in cells.items()}
+        if isinstance(tune, DictConfig):
+            tune = OmegaConf.to_container(tune, resolve=True)
+        self.tune = self._check_tune(tune) if tune else None
+        self._final: Optional[List[Override]] = None  # the grid's overrides, planned once tuning has finished
+
+    def _check_tune(self, tune: Dict[str, Any]) -> Dict[str, Any]:
+        search = dict(tune.get("search") or {})
+        unknown = sorted(set(search) - set(self.cells))
+        if unknown:
+            raise HydraException(f"hydra.sweeper.tune.search names cells that do not exist: {unknown}; cells: "
+                                 f"{list(self.cells)}")
+        evaluated = sorted(n for n in search if "mode=eval" in self.cells[n])
+        if evaluated:
+            raise HydraException(f"hydra.sweeper.tune.search: {evaluated} only evaluate (mode=eval); nothing to tune")
+        seeds = [str(s) for s in (tune.get("seeds") or [])]
+        if not seeds:
+            raise HydraException("hydra.sweeper.tune.seeds is empty: each candidate needs at least one seed")
+        return {"seeds": seeds, "search": {name: candidates(space) for name, space in search.items()}}
 
     def axes(self, overrides: List[Override]) -> "OrderedDict[str, List[str]]":
         """Each swept key's `key=value` strings, in order; a later override of a key replaces it."""
@@ -96,9 +156,97 @@ class CellSweeper(BasicSweeper):
         return jobs
 
     def split_arguments(self, overrides: List[Override], max_batch_size: Optional[int]) -> List[List[List[str]]]:
-        jobs = self.jobs(overrides)
-        log.info(f"[sweep] {len(jobs)} cells")
+        if self.tune:
+            # Tuning first; the grid is planned in is_done() once its scores exist.
+            self._final = overrides
+            jobs = self.tuning_jobs(overrides)
+            log.info(f"[sweep] tuning: {len(jobs)} runs on the validation split")
+        else:
+            jobs = self.jobs(overrides)
+            log.info(f"[sweep] {len(jobs)} cells")
         return [list(chunk) for chunk in self.split_overrides_to_chunks(jobs, max_batch_size)]
+
+    def is_done(self) -> bool:
+        done = super().is_done()
+        if done and self._final is not None:
+            choices = self.choose(Path(str(self.config.hydra.sweep.dir)))
+            jobs = [self.with_choice(job, choices) for job in self.jobs(self._final)]
+            self._final = None
+            log.info(f"[sweep] {len(jobs)} cells at the tuned settings")
+            self.overrides = list(self.overrides) + [list(c) for c in self.split_overrides_to_chunks(jobs, self.max_batch_size)]
+            done = super().is_done()
+        return done
+
+    # ------------------------------------------------------------------------------------ tuning
+
+    def tuning_jobs(self, overrides: List[Override]) -> List[List[str]]:
+        """Every (task, tuned cell, candidate, tune seed): the cell's overrides, the candidate's, scored on
+        the validation split, in <sweep dir>/tune/."""
+        axes = self.axes(overrides)
+        swept = [k for k, v in axes.items() if k not in ("task", "seed") and len(v) > 1]
+        if swept:
+            raise HydraException(f"{swept}: a tuned grid sweeps only task and seed; tune other settings in "
+                                 "hydra.sweeper.tune.search")
+        tasks = axes.get("task", [None])
+        fixed = [v[0] for k, v in axes.items() if k not in ("task", "seed")]
+        jobs = []
+        for task in tasks:
+            for name, space in self.tune["search"].items():
+                for candidate in space:
+                    for seed in self.tune["seeds"]:
+                        job = ([task] if task else []) + [f"seed={seed}", *fixed, *self.cells[name], *candidate,
+                                                          "eval.split=validation", f"tag={candidate_tag(candidate)}",
+                                                          f"hydra.sweep.subdir={TUNE_DIR}/${{run_name}}", f"cell={name}"]
+                        jobs.append(job)
+        return jobs
+
+    def choose(self, sweep_dir: Path) -> Dict[tuple, List[str]]:
+        """The best candidate per (task, cell) from the tuning runs' validation accuracy on their trained task
+        (mean over tune seeds; ties: the first listed), written to tuning.json. A cell whose every candidate
+        failed stops the sweep: its grid would run at settings nobody chose."""
+        scores: Dict[tuple, Dict[str, List[float]]] = {}
+        for results in sorted((sweep_dir / TUNE_DIR).glob("*/results.json")):
+            payload = json.loads(results.read_text())
+            if payload.get("eval_split") != "validation" or payload.get("mode") != "train":
+                continue
+            task = payload["task"]
+            accuracy = (payload.get("after") or {}).get(task, {}).get("accuracy")
+            if accuracy is not None:
+                scores.setdefault((task, payload["cell"]), {}).setdefault(payload.get("tag"), []).append(float(accuracy))
+        record: Dict[str, Dict[str, Any]] = {}
+        choices: Dict[tuple, List[str]] = {}
+        tasks = sorted({t for t, _ in scores} | {t for t, _ in self._tuned_pairs()})
+        for task in tasks:
+            for name, space in self.tune["search"].items():
+                rows = []
+                for candidate in space:
+                    found = scores.get((task, name), {}).get(candidate_tag(candidate), [])
+                    rows.append({"overrides": candidate, "validation_accuracy": found,
+                                 "mean": sum(found) / len(found) if found else None})
+                scored = [r for r in rows if r["mean"] is not None]
+                if not scored:
+                    raise HydraException(f"[sweep] tuning: no candidate of cell '{name}' on task '{task}' finished; "
+                                         f"see {sweep_dir / TUNE_DIR}")
+                best = max(scored, key=lambda r: r["mean"])  # max keeps the first of equals
+                choices[(task, name)] = best["overrides"]
+                record.setdefault(task, {})[name] = {"chosen": best["overrides"], "candidates": rows}
+                print(f"[sweep] tuned {name} on {task}: {' '.join(best['overrides'])} (validation accuracy "
+                      f"{100 * best['mean']:.2f}% over {len(best['validation_accuracy'])} seed(s))", flush=True)
+        (sweep_dir / TUNING_FILE).write_text(json.dumps({"seeds": self.tune["seeds"], "tasks": record}, indent=2))
+        return choices
+
+    def _tuned_pairs(self) -> List[tuple]:
+        assert self._final is not None
+        tasks = [v.split("=", 1)[1] for v in self.axes(self._final).get("task", [])]
+        return [(t, n) for t in tasks for n in self.tune["search"]]
+
+    @staticmethod
+    def with_choice(job: List[str], choices: Dict[tuple, List[str]]) -> List[str]:
+        """A grid job with its cell's chosen settings added before its `cell=` tag."""
+        task = next((o.split("=", 1)[1] for o in job if o.startswith("task=")), None)
+        cell = next(o.split("=", 1)[1] for o in job if o.startswith("cell="))
+        chosen = choices.get((task, cell), [])
+        return job[:-1] + chosen + job[-1:] if chosen else job
 
     def sweep(self, arguments: List[str]) -> Any:
         returns = super().sweep(arguments)
