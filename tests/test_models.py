@@ -198,3 +198,25 @@ def test_tiny_base_build_names_a_task_missing_from_its_item_counts(tmp_path):
     with pytest.raises(ConfigError, match=r"model.base_build.num_train=.*no item count for \['geometry'\]"):
         build_tiny_base(cfg, tiny_folder(cfg, CACHE), tmp_path / "out", CACHE)
     assert not (tmp_path / "out").exists()
+
+
+def test_building_tiny_base_leaves_the_callers_random_state_as_it_was(tmp_path, monkeypatch):
+    """A run seeds, then builds tiny_base on first use: the build's draws must not shift the run's, or the first
+    run on a fresh checkout would train differently from every later one (which finds the model cached)."""
+    import random
+
+    import numpy as np
+
+    import othink_mr1.jobs.tiny_base as job
+
+    def drawing_build(model_cfg, tiny_dir, out_dir, cache_dir):
+        torch.rand(3), random.random(), np.random.rand(2)  # what loaders, shuffles and dropout do
+        (out_dir / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setattr(job, "build_tiny_base", drawing_build)
+    monkeypatch.setattr(job, "tiny_folder", lambda cfg, cache: tmp_path / "tiny")
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    job.ensure_built(compose_config(["model=tiny_base"]).model, tmp_path)
+    after_build = torch.rand(1).item(), random.random(), np.random.rand()
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    assert (torch.rand(1).item(), random.random(), np.random.rand()) == after_build
