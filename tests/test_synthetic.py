@@ -228,8 +228,23 @@ def _degrees(value: Fraction) -> str:
     return f"{value.numerator}°"
 
 
+# The carry-over families: the answer is the given number, in the unit of the asked quantity.
+CARRIED_OVER = {
+    "isosceles_equal_base": (r"AB = AC, angle B = (\d+)\.0", "°"),
+    "equal_radii": (r"angle OAB = (\d+)\.0", "°"),
+    "parallelogram_angle": (r"parallelogram ABCD, angle A = (\d+)\.0", "°"),
+    "parallelogram_side": (r"parallelogram ABCD, AB = (\d+)\.0", "cm"),
+    "rectangle_diagonals": (r"rectangle, .*AC = (\d+)\.0", "cm"),
+    "same_arc_angle": (r"angle ACB = (\d+)\.0", "°"),
+}
+
+
 def expected_answer(family: str, question: str) -> tuple[tuple[int, ...], str]:
     """(the numbers given in the question, the answer recomputed from them) for `family`."""
+    if family in CARRIED_OVER:
+        pattern, unit = CARRIED_OVER[family]
+        (x,) = nums = _numbers(pattern, question)
+        return nums, f"{x}{unit}"
     if family == "parallel_corresponding":
         (x,) = nums = _numbers(r"angle 1 = (\d+)\.0", question)
         return nums, _degrees(Fraction(x))
@@ -264,24 +279,6 @@ def expected_answer(family: str, question: str) -> tuple[tuple[int, ...], str]:
     if family == "pythagoras":
         a, b = nums = _numbers(r"angle C = 90\.0, AC = (\d+)\.0, BC = (\d+)\.0", question)
         return nums, _sqrt_reference(a * a + b * b)
-    if family == "isosceles_equal_base":
-        (x,) = nums = _numbers(r"AB = AC, angle B = (\d+)\.0", question)
-        return nums, _degrees(Fraction(x))
-    if family == "equal_radii":
-        (x,) = nums = _numbers(r"angle OAB = (\d+)\.0", question)
-        return nums, _degrees(Fraction(x))
-    if family == "parallelogram_angle":
-        (x,) = nums = _numbers(r"parallelogram ABCD, angle A = (\d+)\.0", question)
-        return nums, _degrees(Fraction(x))
-    if family == "parallelogram_side":
-        (x,) = nums = _numbers(r"parallelogram ABCD, AB = (\d+)\.0", question)
-        return nums, f"{x}cm"
-    if family == "rectangle_diagonals":
-        (x,) = nums = _numbers(r"rectangle, .*AC = (\d+)\.0", question)
-        return nums, f"{x}cm"
-    if family == "same_arc_angle":
-        (x,) = nums = _numbers(r"angle ACB = (\d+)\.0", question)
-        return nums, _degrees(Fraction(x))
     if family == "equilateral_angle":
         return _numbers(r"AB = (\d+)\.0", question), "60°"
     if family == "semicircle_right_angle":

@@ -151,7 +151,7 @@ def test_smoke_tuned_sweep_tunes_then_runs_the_grid_at_the_choice(tmp_path):
             for part in key.split("."):
                 node = node[part]
             assert float(node) == float(value), (cell, override)
-    assert "[sweep] 4 cells: 4 finished" in out.stdout
+    assert "[sweep] 6 tuning runs: 6 finished" in out.stdout and "[sweep] 4 cells: 4 finished" in out.stdout
     from othink_mr1.report.runs import load_run_dirs
 
     assert sorted(r.cell for r in load_run_dirs(grid)) == ["base", "grpo", "grpo_d", "sft"]

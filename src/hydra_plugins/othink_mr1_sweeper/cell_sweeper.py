@@ -250,7 +250,7 @@ class CellSweeper(BasicSweeper):
 
     def sweep(self, arguments: List[str]) -> Any:
         returns = super().sweep(arguments)
-        outcomes: Counter = Counter()
+        outcomes: Dict[str, Counter] = {"tuning runs": Counter(), "cells": Counter()}
         failed = []
         for batch in returns:
             for job in batch:
@@ -259,11 +259,14 @@ class CellSweeper(BasicSweeper):
                 else:
                     value = job.return_value
                 status = value.get("status", "finished") if isinstance(value, dict) else "finished"
-                outcomes[status] += 1
+                run_dir = Path(str(value.get("run_dir", ""))) if isinstance(value, dict) else Path()
+                outcomes["tuning runs" if run_dir.parent.name == TUNE_DIR else "cells"][status] += 1
                 if status == "failed":
                     failed.append(f"{value.get('run_dir')} ({value.get('error')})")
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(outcomes.items()))
-        print(f"[sweep] {sum(outcomes.values())} cells: {summary}", flush=True)
+        for kind, counts in outcomes.items():
+            if counts or kind == "cells":
+                summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                print(f"[sweep] {sum(counts.values())} {kind}: {summary}", flush=True)
         for line in failed:
             print(f"[sweep] failed: {line}", flush=True)
         if failed:
