@@ -132,14 +132,14 @@ class PretrainingSet(TorchDataset):
 def build_tiny_base(model_cfg: Any, tiny_dir: Path, out_dir: Path, cache_dir: str | Path) -> dict[str, Any]:
     """Pretrain the tiny model saved in `tiny_dir`, check it, and save it into `out_dir`."""
     build = model_cfg.base_build
-    started = time.time()
-    print(f"[tiny_base] building (first use; cached afterwards): {build.steps} steps on both synthetic tasks",
-          flush=True)
-    model, processor = load_local(tiny_dir, min_pixels=model_cfg.min_pixels, max_pixels=model_cfg.max_pixels)
     missing = [name for name in ACCEPTANCE_TASKS if name not in build.num_train]
     if missing:
         raise ConfigError(f"model.base_build.num_train={dict(build.num_train)}: no item count for {missing} (the build "
                           f"pretrains on {list(ACCEPTANCE_TASKS)})")
+    started = time.time()
+    print(f"[tiny_base] building (first use; cached afterwards): {build.steps} steps on both synthetic tasks",
+          flush=True)
+    model, processor = load_local(tiny_dir, min_pixels=model_cfg.min_pixels, max_pixels=model_cfg.max_pixels)
     seed = build.seed + PRETRAIN_SEED_OFFSET
     parts = [
         PretrainingSet(name, synthetic_split(f"synthetic_{name}", "train", build.num_train[name], seed,
@@ -218,9 +218,10 @@ HEADROOM_TEMPERATURE = 1.0
 def sampling_headroom(model: Any, processor: Any, task: Any, cache_dir: str | Path, prompts: int = HEADROOM_PROMPTS,
                       group: int = HEADROOM_GROUP, temperature: float = HEADROOM_TEMPERATURE, seed: int = 0) -> dict[str, Any]:
     """Room for GRPO on `task`: sample `group` completions for each of `prompts` train prompts (the task's own
-    train split, its seeded few-shot subset of that size) and score each with the task's accuracy verdict. `mean_accuracy` is the share of
-    correct completions, `pass_at_group` the share of prompts with at least one, and `zero_variance_groups`
-    the share whose completions all score the same (no GRPO advantage, no learning signal)."""
+    train split, its seeded few-shot subset of that size) and score each with the task's accuracy verdict.
+    `mean_accuracy` is the share of correct completions, `pass_at_group` the share of prompts with at least
+    one, and `zero_variance_groups` the share whose completions all score the same (no GRPO advantage, no
+    learning signal)."""
     subset = OmegaConf.merge(task, {"train_size": prompts})  # loads and checks only these rows
     split = TaskSplit(subset, "train", load_split(subset, "train", str(cache_dir)))
     examples = [split[i] for i in range(len(split))]
