@@ -154,6 +154,7 @@ def test_sampling_headroom_aggregates_group_verdicts(monkeypatch, verdict, expec
     assert (h["prompts"], h["group_size"], h["temperature"]) == (3, 2, 1.0)
 
 
+@pytest.mark.slow  # samples twice; the fast tier keeps the aggregation test above
 def test_sampling_headroom_is_seeded_and_counts_mixed_groups(monkeypatch):
     """Alternating verdicts within a group: every group mixed (zero-variance 0), mean 0.5, pass@G 1; the same
     seed draws the same samples, and the caller's RNG is left as it was."""

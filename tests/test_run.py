@@ -192,6 +192,7 @@ def test_eval_split_validation_scores_other_items_under_its_own_run_name(make_cf
         run(make_cfg(*TINY, "eval.split=validation", "eval.tasks=[counting,clevr_count]"))
 
 
+@pytest.mark.slow  # a whole mode=eval run; the fast tier keeps the naming and refusal test above
 def test_eval_split_validation_results_name_their_split(make_cfg):
     cfg = make_cfg("mode=eval", *TINY, "eval.split=validation")
     results = run(cfg)
