@@ -71,14 +71,16 @@ def effective_max_new_tokens(task_max: int, model_cap: int | None) -> int:
 
 
 @torch.no_grad()
-def generate(model: Any, processor: Any, batch: dict[str, Any], max_new_tokens: int) -> tuple[list[str], list[int]]:
-    """Greedy completions for a left-padded prompt batch, and each one's length in tokens
-    (up to and including the first stop token, `stop_token_ids`; the full budget when it never stopped)."""
+def generate(model: Any, processor: Any, batch: dict[str, Any], max_new_tokens: int,
+             sampling: dict[str, Any] | None = None) -> tuple[list[str], list[int]]:
+    """Completions for a left-padded prompt batch, and each one's length in tokens (up to and including the
+    first stop token, `stop_token_ids`; the full budget when it never stopped). Greedy unless `sampling`
+    passes generate() options (do_sample, temperature, num_return_sequences: rows then come prompt by prompt)."""
     tokenizer = processor.tokenizer
     inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
     stop_ids = stop_token_ids(model, tokenizer)
     # do_sample=False wins over a hub config's sampling defaults (Qwen2-VL: do_sample, top_k 1, temperature 0.01).
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, **{"do_sample": False, **(sampling or {})},
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids,
                          suppress_tokens=suppressed_token_ids(processor))
     completion_ids = out[:, inputs["input_ids"].shape[1]:]

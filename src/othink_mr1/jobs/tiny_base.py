@@ -35,14 +35,7 @@ from ..data.collate import PromptCollator, SFTCollator
 from ..data.records import Example, load_image
 from ..data.synthetic import counting, geometry, synthetic_split
 from ..data.tasks import TaskSplit, load_split
-from ..evaluation.harness import (
-    EvalSpec,
-    completion_mask,
-    effective_max_new_tokens,
-    format_table,
-    stop_token_ids,
-    suppressed_token_ids,
-)
+from ..evaluation.harness import EvalSpec, effective_max_new_tokens, format_table, generate
 from ..methods.evaluation_module import EvaluationModule
 from ..methods.sft import SFTModule
 from ..models.factory import cached_build, load_local, tiny_base_folder, tiny_folder
@@ -227,9 +220,8 @@ def sampling_headroom(model: Any, processor: Any, task: Any, cache_dir: str | Pa
     examples = [split[i] for i in range(len(split))]
     scorer = get_scorer(task.scorer, DEFAULT_PROTOCOL)
     collate = PromptCollator(processor, task.prompt)
-    tokenizer = processor.tokenizer
-    stops = stop_token_ids(model, tokenizer)
     cap = effective_max_new_tokens(task.max_new_tokens, BUILD_EVAL_MAX_NEW_TOKENS)
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=group)
     was_training = model.training
     model.eval()
     groups: list[list[bool]] = []
@@ -237,13 +229,7 @@ def sampling_headroom(model: Any, processor: Any, task: Any, cache_dir: str | Pa
         torch.manual_seed(seed)
         for start in range(0, len(examples), 16):
             chunk = examples[start:start + 16]
-            inputs = {k: v for k, v in collate(chunk).items() if isinstance(v, torch.Tensor)}
-            out = model.generate(**inputs, max_new_tokens=cap, do_sample=True, temperature=temperature, top_k=0,
-                                 top_p=1.0, num_return_sequences=group, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=stops, suppress_tokens=suppressed_token_ids(processor))
-            completions = out[:, inputs["input_ids"].shape[1]:]
-            lengths = completion_mask(completions, stops).sum(dim=1).tolist()
-            texts = [tokenizer.decode(row[:n], skip_special_tokens=True) for row, n in zip(completions, lengths)]
+            texts, _ = generate(model, processor, collate(chunk), cap, sampling)
             for i, example in enumerate(chunk):
                 groups.append([scorer.score(t, example.answer).correct for t in texts[i * group:(i + 1) * group]])
     model.train(was_training)
