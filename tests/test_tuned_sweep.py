@@ -109,6 +109,25 @@ def test_a_cell_with_no_finished_candidate_stops_the_sweep(tmp_path):
         sweeper.choose(tmp_path)
 
 
+def test_the_choice_reads_only_this_grids_tasks(tmp_path):
+    """A tuning run of another task, left in tune/ by an earlier grid, neither enters tuning.json nor stops the
+    sweep for the cells it lacks."""
+    tune = {"seeds": [1], "search": {"sft": {"method.lr": [1e-4]}, "grpo": {"kl.beta": [0.01]}}}
+    sweeper = cell_sweeper.CellSweeper(params=None, cells=CELLS, tune=tune)
+    sweeper._final = parse("task=counting")
+    _tuning_result(tmp_path, "counting", "sft", ["method.lr=0.0001"], 1, 0.5)
+    _tuning_result(tmp_path, "counting", "grpo", ["kl.beta=0.01"], 1, 0.4)
+    _tuning_result(tmp_path, "geometry", "sft", ["method.lr=0.0001"], 1, 0.3)  # no geometry grpo run
+    assert set(sweeper.choose(tmp_path)) == {("counting", "sft"), ("counting", "grpo")}
+    assert set(json.loads((tmp_path / "tuning.json").read_text())["tasks"]) == {"counting"}
+
+
+def test_a_tuned_grid_needs_its_task_axis():
+    sweeper = cell_sweeper.CellSweeper(params=None, cells=CELLS, tune={"seeds": [1], "search": {"sft": {"method.lr": [1e-4]}}})
+    with pytest.raises(HydraException, match="a tuned grid needs hydra.sweeper.params.task"):
+        sweeper.tuning_jobs(parse("seed=1"))
+
+
 @pytest.mark.parametrize("tune,message", [
     ({"seeds": [1], "search": {"ppo": {"method.lr": [1e-4]}}}, r"cells that do not exist: \['ppo'\]"),
     ({"seeds": [1], "search": {"base": {"method.lr": [1e-4]}}}, r"\['base'\] only evaluate"),

@@ -187,14 +187,16 @@ class CellSweeper(BasicSweeper):
         if swept:
             raise HydraException(f"{swept}: a tuned grid sweeps only task and seed; tune other settings in "
                                  "hydra.sweeper.tune.search")
-        tasks = axes.get("task", [None])
+        if "task" not in axes:
+            # The choice is kept per trained task: without the axis the grid's jobs would find none.
+            raise HydraException("a tuned grid needs hydra.sweeper.params.task (the tasks it tunes and runs)")
         fixed = [v[0] for k, v in axes.items() if k not in ("task", "seed")]
         jobs = []
-        for task in tasks:
+        for task in axes["task"]:
             for name, space in self.tune["search"].items():
                 for candidate in space:
                     for seed in self.tune["seeds"]:
-                        job = ([task] if task else []) + [f"seed={seed}", *fixed, *self.cells[name], *candidate,
+                        job = [task, f"seed={seed}", *fixed, *self.cells[name], *candidate,
                                                           "eval.split=validation", f"tag={candidate_tag(candidate)}",
                                                           f"hydra.sweep.subdir={TUNE_DIR}/${{run_name}}", f"cell={name}"]
                         jobs.append(job)
@@ -215,8 +217,8 @@ class CellSweeper(BasicSweeper):
                 scores.setdefault((task, payload["cell"]), {}).setdefault(payload.get("tag"), []).append(float(accuracy))
         record: Dict[str, Dict[str, Any]] = {}
         choices: Dict[tuple, List[str]] = {}
-        tasks = sorted({t for t, _ in scores} | {t for t, _ in self._tuned_pairs()})
-        for task in tasks:
+        # Only this grid's tasks: tuning runs of another task, left in tune/ by an earlier grid, are not its business.
+        for task in self._grid_tasks():
             for name, space in self.tune["search"].items():
                 rows = []
                 for candidate in space:
@@ -235,10 +237,9 @@ class CellSweeper(BasicSweeper):
         (sweep_dir / TUNING_FILE).write_text(json.dumps({"seeds": self.tune["seeds"], "tasks": record}, indent=2))
         return choices
 
-    def _tuned_pairs(self) -> List[tuple]:
+    def _grid_tasks(self) -> List[str]:
         assert self._final is not None
-        tasks = [v.split("=", 1)[1] for v in self.axes(self._final).get("task", [])]
-        return [(t, n) for t in tasks for n in self.tune["search"]]
+        return [v.split("=", 1)[1] for v in self.axes(self._final)["task"]]
 
     @staticmethod
     def with_choice(job: List[str], choices: Dict[tuple, List[str]]) -> List[str]:
