@@ -223,6 +223,47 @@ def test_the_cli_refuses_mixed_protocols_with_status_2(tmp_path, capsys):
     assert not out.exists()  # nothing written from a refused report
 
 
+def _validation(run_dir: Path) -> Path:
+    """Mark a written run as scored on the validation split, as a tuning run's results.json is."""
+    payload = json.loads((run_dir / "results.json").read_text())
+    (run_dir / "results.json").write_text(json.dumps({**payload, "eval_split": "validation"}))
+    return run_dir
+
+
+def test_a_validation_run_among_test_runs_is_refused_naming_a_run_of_each_split(tmp_path, capsys):
+    grid = write_grid(tmp_path / "grid")  # no eval_split key: read as test, as every run before the splits
+    _validation(write_run(grid, "sft", "geometry", 7, {"geometry": 0.9, "counting": 0.2}))
+    runs = load_run_dirs(grid)
+    assert {r.eval_split for r in runs if r.seed == 7} == {"validation"}
+    assert {r.eval_split for r in runs if r.seed != 7} == {"test"}
+    out = tmp_path / "report"
+    assert report_main([str(grid), "--out", str(out), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert "scored on different splits (test: 13 run(s), e.g. " in err
+    assert f"validation: 1 run(s), e.g. 'geometry_sft_{B2}_seed7'" in err
+    assert not out.exists()
+
+
+def test_a_report_of_validation_runs_only_says_so_in_every_title(tmp_path):
+    grid = tmp_path / "tune"
+    for seed, acc in ((1, 0.5), (2, 0.7)):
+        _validation(write_run(grid, "sft", "counting", seed, {"counting": acc}))
+    tables = build_tables(load_run_dirs(grid))
+    assert tables and all(t.title.endswith(" [validation split]") for t in tables.values())
+    assert _row(tables["same_task"], "sft")[2].startswith("60.00 ± ")
+    test_tables = build_tables(load_run_dirs(write_grid(tmp_path / "grid")))
+    assert not any("split]" in t.title for t in test_tables.values())
+
+
+def test_a_wandb_run_reads_its_split_from_the_logged_eval_config():
+    config = {"run_name": "r", "mode": "train", "model": B2, "task": "counting", "seed": 1, "eval_tasks": ["counting"],
+              "config": {"eval": {"protocol": "r1v", "split": "validation"}}}
+    run = run_from_wandb(config, {"eval/counting/acc": 0.5, "status": "finished"}, 0)
+    assert run.eval_split == "validation"
+    del config["config"]["eval"]["split"]
+    assert run_from_wandb(config, {"eval/counting/acc": 0.5, "status": "finished"}, 0).eval_split == "test"
+
+
 def test_the_report_cli_never_imports_torch(tmp_path):
     """A lightweight tool: reading run directories and writing every table loads no torch."""
     import subprocess

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..utils.errors import ConfigError
 from .runs import RunResult, load_source
-from .tables import MixedProtocolsError, Table, build_tables
+from .tables import IncomparableRunsError, Table, build_tables
 
 
 def default_out(source: str, group: str | None) -> Path:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or default_out(args.source, args.group)
     try:
         tables = build_tables(runs, paper=args.paper, intervals=args.intervals)
-    except MixedProtocolsError as exc:
+    except IncomparableRunsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     written = write_report(tables, runs, out, figures=not args.no_figures)

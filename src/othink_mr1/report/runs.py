@@ -30,6 +30,9 @@ PAPER_PROTOCOL = "r1v"
 # Runs written before the evaluation recorded a protocol have no "protocol" key: they were all scored
 # with the normalising scorer, so a missing key reads as "normalized" (never as the paper's r1v).
 LEGACY_PROTOCOL = "normalized"
+# The split a run was scored on (results.json "eval_split", eval.split); runs from before the validation
+# splits existed were all scored on test.
+DEFAULT_SPLIT = "test"
 
 
 def task_protocol(summary: dict[str, Any] | None) -> str:
@@ -56,6 +59,7 @@ class RunResult:
     train_seconds: float | None = None
     devices: int | None = None  # processes (GPUs on a GPU run) over all nodes
     error: str | None = None
+    eval_split: str = DEFAULT_SPLIT  # test | validation: the split the accuracies were scored on
     # metric -> [(optimizer step, value)], for the figures; filled by sources that have them.
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
@@ -104,7 +108,8 @@ def read_run_dir(run_dir: Path, with_curves: bool = True) -> RunResult | None:
                            accuracy={t: s["accuracy"] for t, s in after.items()},
                            protocol={t: task_protocol(s) for t, s in after.items()},
                            seconds=payload.get("seconds"), train_seconds=(payload.get("train") or {}).get("seconds"),
-                           devices=(payload.get("hardware") or {}).get("devices"))
+                           devices=(payload.get("hardware") or {}).get("devices"),
+                           eval_split=payload.get("eval_split") or DEFAULT_SPLIT)
     elif error.exists():
         payload = json.loads(error.read_text())
         if payload.get("mode") is None and config.exists():
@@ -185,7 +190,8 @@ def run_from_wandb(config: dict[str, Any], summary: dict[str, Any], exit_code: i
     accuracy = {t: float(summary[f"eval/{t}/acc"]) for t in eval_tasks if summary.get(f"eval/{t}/acc") is not None}
     # eval/<task>/protocol beside the accuracy where the summary has it, else the run's eval.protocol
     # (the logged config: one protocol for every task); a run with neither is a legacy (normalized) run.
-    run_protocol = ((config.get("config") or {}).get("eval") or {}).get("protocol")
+    run_eval = (config.get("config") or {}).get("eval") or {}
+    run_protocol = run_eval.get("protocol")
     protocol = {t: task_protocol({"protocol": summary.get(f"eval/{t}/protocol") or run_protocol}) for t in accuracy}
     if summary.get("status") == "finished":
         status = "finished"
@@ -197,7 +203,7 @@ def run_from_wandb(config: dict[str, Any], summary: dict[str, Any], exit_code: i
                        protocol=protocol if status == "finished" else {},
                        seconds=summary.get("seconds"), train_seconds=summary.get("train/seconds"),
                        devices=summary.get("hardware/devices"),
-                       error=summary.get("error"))
+                       error=summary.get("error"), eval_split=run_eval.get("split") or DEFAULT_SPLIT)
     curves: dict[str, dict[int, float]] = {m: {} for m in CURVE_METRICS}
     for row in history:
         step = row.get("trainer/global_step", row.get("_step"))

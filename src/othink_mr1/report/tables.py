@@ -9,7 +9,8 @@ or never started are shown as such (with how many), never dropped. Relative chan
 Every accuracy carries the scoring protocol it was measured under (runs.py: "r1v", the paper's, or
 "normalized"). A table averages accuracies of one protocol only and says which in its title; one whose
 accuracies were scored under different protocols is refused (MixedProtocolsError), since the two
-scorers do not give comparable numbers.
+scorers do not give comparable numbers. Likewise every finished run must have been scored on one split
+(test, or validation for a tuning phase); a report that would mix them is refused (MixedSplitsError).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from .intervals import CLAIMS, mean_interval, paired_difference
 from .paper import CROSS_TASK_2B, STATED_MODEL, STATED_RELATIVE, TABLE1
 from .relative import format_relative, relative_change
-from .runs import BASE_ROW, LEGACY_PROTOCOL, PAPER_PROTOCOL, RunResult
+from .runs import BASE_ROW, DEFAULT_SPLIT, LEGACY_PROTOCOL, PAPER_PROTOCOL, RunResult
 
 # The paper's row order in Table 1; other rows (ablation cells, other schedules) follow in sweep order.
 PAPER_ROWS = (BASE_ROW, "grpo", "sft", "grpo_d")
@@ -33,9 +34,18 @@ PAPER_DEFAULT_MODEL = "qwen2_vl_2b_instruct"
 NOT_FINISHED = ("failed", "unfinished", "missing")
 
 
-class MixedProtocolsError(ValueError):
+class IncomparableRunsError(ValueError):
+    """A report would put side by side accuracies that are not comparable; the message says why."""
+
+
+class MixedProtocolsError(IncomparableRunsError):
     """A table would average accuracies scored under different protocols; the message names them and
     runs of each."""
+
+
+class MixedSplitsError(IncomparableRunsError):
+    """The finished runs were scored on different splits (test and validation); the message names a run
+    of each."""
 
 
 @dataclass
@@ -419,12 +429,33 @@ def runs_table(runs: list[RunResult]) -> Table:
     return table
 
 
+def eval_split_of(runs: list[RunResult]) -> str:
+    """The one split every finished run was scored on (test when none finished). Raises MixedSplitsError
+    naming a run of each split otherwise: a tuning phase's validation scores beside test scores would
+    read as one grid."""
+    by_split: dict[str, list[RunResult]] = {}
+    for run in runs:
+        if run.status == "finished":
+            by_split.setdefault(run.eval_split, []).append(run)
+    if len(by_split) > 1:
+        each = "; ".join(f"{split}: {len(rs)} run(s), e.g. {rs[0].run_name!r}" for split, rs in sorted(by_split.items()))
+        raise MixedSplitsError(f"the runs were scored on different splits ({each}). Report each split from its "
+                               f"own folder (a tuned sweep keeps its validation runs under tune/).")
+    return next(iter(by_split), DEFAULT_SPLIT)
+
+
 def build_tables(runs: list[RunResult], paper: bool = False, intervals: bool = False) -> dict[str, Table]:
     """name -> table, in print order; tables that do not apply (no trained runs, one task) are left out.
     `intervals`: 95% intervals over seeds in the accuracy tables, and the paper's claims as paired
     differences. Raises MixedProtocolsError when a table would average accuracies scored under different
-    protocols."""
+    protocols, MixedSplitsError when the runs were scored on different splits; tables of validation
+    scores say so in their titles."""
+    split = eval_split_of(runs)
     tables = {"same_task": same_task_table(runs, paper, intervals), "relative_gains": relative_gains_table(runs),
               "cross_task": cross_task_table(runs, paper, intervals),
               "claims": paired_claims_table(runs) if intervals else None, "runs": runs_table(runs)}
-    return {name: t for name, t in tables.items() if t is not None}
+    tables = {name: t for name, t in tables.items() if t is not None}
+    if split != DEFAULT_SPLIT:
+        for table in tables.values():
+            table.title += f" [{split} split]"
+    return tables
