@@ -19,14 +19,13 @@ import math
 import os
 import random
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
+from pytorch_lightning.utilities.seed import isolate_rng
 from torch.utils.data import ConcatDataset, DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
@@ -77,24 +76,13 @@ def ensure_built(cfg_or_model_cfg: Any, cache_dir: str | Path) -> Path:
     folder = tiny_base_folder(model_cfg, cache_dir)
 
     def build(tmp: Path) -> None:
-        with isolated_rng():
+        # A run builds tiny_base after seeding (on first use), and the build's loaders and training draw from the
+        # global generators: restoring them keeps a run that builds the model the same as one finding it cached.
+        # CPU only: the build trains on the CPU.
+        with isolate_rng(include_cuda=False):
             build_tiny_base(model_cfg, tiny_folder(model_cfg, cache_dir), tmp, cache_dir)
 
     return cached_build(folder, build)
-
-
-@contextmanager
-def isolated_rng() -> Iterator[None]:
-    """Restores the caller's torch, NumPy and Python RNG states after the block. A run builds tiny_base after
-    seeding (on first use), and the build's loaders and training draw from those generators: without this, a
-    run that builds the model would train differently from the same run finding it cached."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
 
 
 class PretrainingSet(TorchDataset):
