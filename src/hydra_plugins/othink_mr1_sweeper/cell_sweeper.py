@@ -196,25 +196,22 @@ class CellSweeper(BasicSweeper):
             for name, space in self.tune["search"].items():
                 for candidate in space:
                     for seed in self.tune["seeds"]:
-                        job = [task, f"seed={seed}", *fixed, *self.cells[name], *candidate,
-                                                          "eval.split=validation", f"tag={candidate_tag(candidate)}",
-                                                          f"hydra.sweep.subdir={TUNE_DIR}/${{run_name}}", f"cell={name}"]
-                        jobs.append(job)
+                        jobs.append([task, f"seed={seed}", *fixed, *self.cells[name], *candidate,
+                                     "eval.split=validation", f"tag={candidate_tag(candidate)}",
+                                     f"hydra.sweep.subdir={TUNE_DIR}/${{run_name}}", f"cell={name}"])
         return jobs
 
     def choose(self, sweep_dir: Path) -> Dict[tuple, List[str]]:
         """The best candidate per (task, cell) from the tuning runs' validation accuracy on their trained task
         (mean over tune seeds; ties: the first listed), written to tuning.json. A cell whose every candidate
         failed stops the sweep: its grid would run at settings nobody chose."""
+        from othink_mr1.report.runs import read_run_dir  # the one reader of a run's results.json
+
         scores: Dict[tuple, Dict[str, List[float]]] = {}
         for results in sorted((sweep_dir / TUNE_DIR).glob("*/results.json")):
-            payload = json.loads(results.read_text())
-            if payload.get("eval_split") != "validation" or payload.get("mode") != "train":
-                continue
-            task = payload["task"]
-            accuracy = (payload.get("after") or {}).get(task, {}).get("accuracy")
-            if accuracy is not None:
-                scores.setdefault((task, payload["cell"]), {}).setdefault(payload.get("tag"), []).append(float(accuracy))
+            run = read_run_dir(results.parent, with_curves=False)
+            if run.eval_split == "validation" and run.mode == "train" and run.task in run.accuracy:
+                scores.setdefault((run.task, run.cell), {}).setdefault(run.tag, []).append(run.accuracy[run.task])
         record: Dict[str, Dict[str, Any]] = {}
         choices: Dict[tuple, List[str]] = {}
         # Only this grid's tasks: tuning runs of another task, left in tune/ by an earlier grid, are not its business.
