@@ -105,7 +105,7 @@ def equal_work_check(args: argparse.Namespace, ours: dict[str, Any], trl: Any) -
     reference and the KL term is not trivially zero."""
     import torch
 
-    from othink_mr1.methods.grpo import completion_mask
+    from othink_mr1.models.rollouts import completion_mask
     from othink_mr1.methods.grpo_loss import grpo_loss
 
     P, G = args.prompts, args.generations

@@ -15,8 +15,7 @@ from test_prefix_sharing import prompt_batch
 
 from othink_mr1.data.collate import PromptCollator
 from othink_mr1.data.tasks import TaskSplit, load_split
-from othink_mr1.evaluation.harness import stop_token_ids, suppressed_token_ids
-from othink_mr1.methods.grpo import repeat_prompts
+from othink_mr1.models.rollouts import repeat_prompts, stop_token_ids, suppressed_token_ids
 from othink_mr1.models import decoding
 from othink_mr1.models.decoding import StaticKV, buckets, decode_record
 from othink_mr1.models.factory import load_model

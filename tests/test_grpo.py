@@ -14,7 +14,8 @@ from conftest import CACHE, compose_config
 
 from othink_mr1.data.collate import PromptCollator
 from othink_mr1.data.tasks import TaskSplit, load_split
-from othink_mr1.methods.grpo import GRPOModule, completion_mask
+from othink_mr1.methods.grpo import GRPOModule
+from othink_mr1.models.rollouts import completion_mask
 from othink_mr1.methods.kl_schedules import ConstantKL
 from othink_mr1.models.factory import load_local
 from othink_mr1.rewards import grpo_rewards

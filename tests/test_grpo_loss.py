@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from othink_mr1.methods.grpo_loss import StepSizes, group_advantages, grpo_loss, k3_kl, token_log_probs
+from othink_mr1.methods.grpo_loss import StepSizes, group_advantages, grpo_loss, k3_kl
+from othink_mr1.models.rollouts import token_log_probs
 
 # Two completions (one group of G=2): lengths 2 and 3, padded to 3.
 LOGP = [[-1.0, -2.0, -9.0], [-0.5, -1.5, -0.25]]
@@ -132,10 +133,16 @@ def test_group_advantages_use_the_unbiased_std_per_group():
 
 @pytest.mark.parametrize("chunk", [1 << 24, 55, 1])  # whole batch, one row (5 x 11 = 55), one row (minimum)
 def test_token_log_probs_is_a_temperature_scaled_log_softmax_gather(monkeypatch, chunk):
-    from othink_mr1.methods import grpo_loss as module
+    from othink_mr1.models import rollouts as module
 
     monkeypatch.setattr(module, "LOG_SOFTMAX_CHUNK", chunk)
     torch.manual_seed(1)
     logits, ids = torch.randn(3, 5, 11), torch.randint(0, 11, (3, 5))
     expected = torch.gather((logits / 0.7).log_softmax(-1), 2, ids.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(token_log_probs(logits, ids, temperature=0.7), expected, atol=1e-6)
+    # Suppressed tokens leave the distribution (as sampling leaves them out): the rest renormalise.
+    kept = logits.clone()
+    kept[..., [2, 7]] = float("-inf")
+    ids = torch.where(torch.isin(ids, torch.tensor([2, 7])), 0, ids)
+    expected = torch.gather(kept.log_softmax(-1), 2, ids.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(token_log_probs(logits, ids, suppress_ids=[2, 7]), expected, atol=1e-6)

@@ -10,8 +10,8 @@ from PIL import Image
 
 from othink_mr1.data.collate import PromptCollator
 from othink_mr1.data.records import Example
-from othink_mr1.evaluation.harness import (EvalAccumulator, EvalSpec, format_table, generate, stop_token_ids,
-                                            write_stage)
+from othink_mr1.evaluation.harness import EvalAccumulator, EvalSpec, format_table, generate, write_stage
+from othink_mr1.models.rollouts import stop_token_ids
 
 
 def test_generate_is_greedy_and_counts_tokens_up_to_the_end_of_turn(tiny):

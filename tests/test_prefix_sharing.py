@@ -13,9 +13,8 @@ from conftest import CACHE, compose_config, family_folder
 
 from othink_mr1.data.collate import PromptCollator
 from othink_mr1.data.tasks import TaskSplit, load_split
-from othink_mr1.evaluation.harness import suppressed_token_ids
-from othink_mr1.methods.grpo import GRPOModule, append_completions, completion_mask, repeat_prompts
-from othink_mr1.methods.grpo_loss import token_log_probs
+from othink_mr1.methods.grpo import GRPOModule
+from othink_mr1.models.rollouts import append_completions, completion_mask, repeat_prompts, suppressed_token_ids, token_log_probs
 from othink_mr1.methods.kl_schedules import ConstantKL
 from othink_mr1.models.decoding import StaticKV, filter_logits
 from othink_mr1.models.prefix_sharing import (

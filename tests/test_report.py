@@ -227,9 +227,16 @@ def test_smoke_report_fills_every_cell_and_wandb_offline_gives_identical_tables(
     from_wandb = load_source(f"wandb-offline:{grid}", group="smoke")
     assert len(from_dirs) == len(from_wandb) == 7
     tables, wandb_tables = build_tables(from_dirs, paper=True), build_tables(from_wandb, paper=True)
-    assert set(tables) == {"same_task", "relative_gains", "cross_task", "runs"}
+    # The smoke grid measures 2-point curves (step 0 and the last): the curve tables come with it.
+    assert set(tables) == {"same_task", "relative_gains", "cross_task", "runs", "frontier", "forgetting_vs_kl",
+                           "matched_gain", "kl_curves", "drift_claims"}
     for name in tables:
         assert tables[name].markdown() == wandb_tables[name].markdown(), name
+    trained = sorted((r for r in from_dirs if r.mode == "train"), key=lambda r: r.run_name)
+    assert len(trained) == 6 and all(sorted(r.curve) == [0, 2] for r in trained)
+    assert [r.curve for r in trained] == [r.curve for r in sorted((r for r in from_wandb if r.mode == "train"),
+                                                                 key=lambda r: r.run_name)]
+    assert all(r.curve[0][r.task]["kl_to_base"] == 0.0 for r in trained)  # the start against itself
 
     same, cross, gains = tables["same_task"], tables["cross_task"], tables["relative_gains"]
     # One protocol for the whole grid, whichever the evaluation recorded (none: a legacy run, normalized).
@@ -253,8 +260,9 @@ def test_smoke_report_fills_every_cell_and_wandb_offline_gives_identical_tables(
     out = tmp_path / "report"
     assert report_main([str(grid), "--paper", "--out", str(out)]) == 0
     for name in ("tables.md", "tables.tex", "same_task.csv", "relative_gains.csv", "cross_task.csv", "runs.csv",
-                 "beta_schedules.png",
-                 "training_curves.png", "cross_task.png"):
+                 "beta_schedules.png", "training_curves.png", "cross_task.png", "frontier.csv", "forgetting_vs_kl.csv",
+                 "matched_gain.csv", "kl_curves.csv", "drift_claims.csv", "drift_points.csv", "frontier.png",
+                 "forgetting_vs_kl.png", "kl_beta_curves.png"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "tables.md").read_text().startswith("### Table 1")
     assert (out / "beta_schedules.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

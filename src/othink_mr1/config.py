@@ -374,6 +374,15 @@ class EvalConfig:
     # Which split is scored: test (what results report) or validation (synthetic tasks only: items kept
     # apart from train and test, for tuning settings without looking at the test split).
     split: EvalSplit = EvalSplit.test
+    # Training curves (evaluation/curve.py): every eval task scored at this many evenly spaced optimizer steps,
+    # step 0 and the last included, on a fixed subset of its split: greedy accuracy, and sampled accuracy
+    # (mean@k) and KL to the starting model from curve_samples completions per item at temperature 1.
+    # null: end points only. On tiny_base the defaults cost about a fifth of the main job (docs/results.md).
+    curve_points: Optional[int] = 5
+    # Items per task in the subset (the same items for every run: chosen by curve_seed alone).
+    curve_items: int = 32
+    curve_samples: int = 4
+    curve_seed: int = 0
 
 
 @dataclass

@@ -129,6 +129,22 @@ def check_method(cfg: DictConfig) -> None:
     method.check(cfg)
 
 
+def check_curve(cfg: DictConfig) -> None:
+    """The training curve's sizes; its points against the run's steps where max_steps states them (a run
+    sized by epochs is checked once its train split is loaded: runner.plan_budget)."""
+    from .evaluation.curve import check_curve_points, curves_enabled
+
+    e = cfg.eval
+    for key in ("curve_items", "curve_samples"):
+        if e[key] < 1:
+            raise ConfigError(f"eval.{key}={e[key]}: must be at least 1")
+    if e.curve_points is not None and e.curve_points < 2:
+        check_curve_points(e.curve_points, 0)  # the message for too few points
+    if curves_enabled(cfg) and cfg.method.max_steps is not None:
+        every = find_method(cfg.method.name).updates_per_batch(cfg.method)
+        check_curve_points(e.curve_points, cfg.method.max_steps, every, f" (method.max_steps={cfg.method.max_steps})")
+
+
 def check_devices(trainer_cfg: Any) -> None:
     """The requested accelerator and device count exist here (a SLURM job sees its own GPUs)."""
     import torch
@@ -171,6 +187,7 @@ def check_config(cfg: DictConfig, overrides: list[str] | None = None) -> dict[st
         check_task(task, "task" if name == cfg.task.name and cfg.mode == "train" else f"tasks.{name}")
     if cfg.eval.batch_size < 1:
         raise ConfigError(f"eval.batch_size={cfg.eval.batch_size}: must be at least 1")
+    check_curve(cfg)
     if cfg.data.on_bad_row not in ON_BAD_ROW:
         raise ConfigError(f"data.on_bad_row='{cfg.data.on_bad_row}': expected one of {list(ON_BAD_ROW)}")
     if not 0 <= cfg.data.max_bad_fraction <= 1:

@@ -24,6 +24,7 @@ from .config_checks import check_config
 from .config import find_method, run_identity
 from .data.datamodule import VLMDataModule
 from .data.records import BadRows, row_label
+from .evaluation.curve import TrainingCurve, check_curve_points, curves_enabled, format_curve
 from .evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
 from .loggers import build_loggers, wandb_closed, write_wandb_summary
 from .methods.evaluation_module import EvaluationModule
@@ -131,7 +132,23 @@ def plan_budget(cfg: DictConfig, dm: VLMDataModule) -> Budget:
     budget = train_budget(cfg.method, cfg.trainer, len(dm.train_split))
     dm.train_num_batches = budget.micro_batches
     print(budget_line(cfg.method, cfg.kl.name, len(dm.train_split), budget), flush=True)
+    if curves_enabled(cfg):  # a run sized by epochs learns its steps only here
+        check_curve_points(cfg.eval.curve_points, budget.total_steps, updates_per_batch(cfg),
+                           f" ({len(dm.train_split)} train samples)")
     return budget
+
+
+def updates_per_batch(cfg: DictConfig) -> int:
+    return find_method(cfg.method.name).updates_per_batch(cfg.method)
+
+
+def training_curve(cfg: DictConfig, dm: VLMDataModule, module: Any, budget: Budget | None) -> TrainingCurve | None:
+    """The training curve's callback (eval.curve_points), or None: no curve, or not a training run."""
+    if budget is None or not curves_enabled(cfg):
+        return None
+    curve = TrainingCurve.from_config(cfg, dm, module.eval_spec, budget.total_steps, updates_per_batch(cfg))
+    print(curve.describe(), flush=True)
+    return curve
 
 
 def load_weights(cfg: DictConfig) -> tuple[Any, Any]:
@@ -184,7 +201,7 @@ def build_module(cfg: DictConfig, model: Any, processor: Any, budget: Budget | N
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Budget | None,
-                  model: Any = None) -> pl.Trainer:
+                  model: Any = None, curve: TrainingCurve | None = None) -> pl.Trainer:
     from .utils.checkpoints import LastCheckpoint
     from .utils.distributed import RankAgreementCallback, build_strategy
 
@@ -207,12 +224,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
     m = cfg.method
     method = find_method(m.name)
     every = cfg.eval.every_n_steps
-    micro_per_step = m.accumulate_grad_batches / method.updates_per_batch(m)
+    micro_per_step = m.accumulate_grad_batches / updates_per_batch(cfg)
     # The loader spans the whole run (one "epoch"); max_steps is the limit that binds.
     # last.ckpt every checkpoint_every_n_steps, and the final state once (whatever the interval).
     callbacks: list[Any] = [LastCheckpoint(run_dir / CHECKPOINT.parent, every_n_train_steps=t.checkpoint_every_n_steps)]
     if t.check_distributed:
         callbacks.append(RankAgreementCallback(run_dir / "distributed_checks.jsonl"))
+    if curve is not None:
+        callbacks.append(curve)
     kwargs.update(
         max_steps=budget.total_steps, max_epochs=1, callbacks=callbacks,
         # In-training validation counts micro-batches; None disables it (before/after only).
@@ -275,10 +294,11 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     module = build_module(cfg, model, processor, budget, train_loader.position if train else None,
                           eval_settings(cfg, eval_tasks, dm, run_dir))
     preflight(cfg.model, model, train_loader, {name: dm.eval_dataloader(name) for name in dm.eval_names})
+    curve = training_curve(cfg, dm, module, budget)
 
     with wandb_closed():
         loggers = build_loggers(cfg, run_dir, resumes, dm.eval_names)
-        trainer = build_trainer(cfg, run_dir, loggers, budget, model)
+        trainer = build_trainer(cfg, run_dir, loggers, budget, model, curve)
         before = row_zero(trainer, module, dm, run_dir) if (train and cfg.eval.row_zero) else None
         train_seconds = fit(cfg, trainer, module, dm, train_loader, resume_from) if train else None
         after = evaluate(trainer, module, dm, "final" if train else "eval")
@@ -289,6 +309,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
             **run_identity(cfg), "ckpt": cfg.ckpt, "eval_tasks": dm.eval_names, "eval_split": dm.eval_split,
             "prompts": {n: {"prompt": t.prompt, "eval_prompt": t.eval_prompt or t.prompt} for n, t in eval_tasks.items()},
             "before": before, "after": after,
+            "curve": curve.record() if curve else None, "curve_settings": curve.settings() if curve else None,
             "train": train_record(trainer, module, budget, train_seconds, resume_from) if train else None,
             "data": {"on_bad_row": cfg.data.on_bad_row, "skipped_rows": dm.bad_rows.counts(),
                      "bad_rows_file": BAD_ROWS_FILE if dm.bad_rows.rows else None},
@@ -321,4 +342,10 @@ def results_table(results: dict[str, Any]) -> str:
     label = f"after {results['method']}" if results["mode"] == "train" else results["model"]
     rows[label] = results["after"]
     title = f"accuracy on the {results.get('eval_split', 'test')} splits - {results['run_name']}"
-    return f"\n{title}\n{format_table(rows, results['eval_tasks'])}\n"
+    text = f"\n{title}\n{format_table(rows, results['eval_tasks'])}\n"
+    if results.get("curve"):
+        items = ", ".join(f"{t} {n}" for t, n in results["curve_settings"]["items"].items())
+        text += (f"\ntraining curve (items per task: {items}; sampled: {results['curve_settings']['samples_per_item']} "
+                 f"per item at temperature 1; KL to the starting model in nats per completion)\n"
+                 f"{format_curve(results['curve'], results['eval_tasks'])}\n")
+    return text

@@ -30,6 +30,10 @@ With `tune`, the grid first tunes each cell's settings on the validation split, 
           method.lr: [1.0e-4, 3.0e-4]
           betas: [[kl.beta_min=0.0, kl.beta_max=0.02], [kl.beta_min=0.04, kl.beta_max=0.1]]  # bundles
 
+`tune.choices: PATH` skips phase one and runs the grid at the choices a tuning phase recorded (a
+tuning.json, e.g. bench/results/tuned_grid_tuning.json); it must hold a choice for every tuned cell on every
+task of the grid, and the sweep folder's tuning.json then says where its choices came from.
+
 Phase one trains every (task, cell, candidate, tune seed) with `eval.split=validation` into
 <sweep dir>/tune/ (the report reads only the runs directly in the sweep dir, so tuning runs never
 enter its tables). Each (task, cell) keeps the candidate with the best mean validation accuracy on its
@@ -119,7 +123,11 @@ class CellSweeper(BasicSweeper):
         seeds = [str(s) for s in (tune.get("seeds") or [])]
         if not seeds:
             raise HydraException("hydra.sweeper.tune.seeds is empty: each candidate needs at least one seed")
-        return {"seeds": seeds, "search": {name: candidates(space) for name, space in search.items()}}
+        choices = tune.get("choices")
+        if choices and not Path(str(choices)).is_file():
+            raise HydraException(f"hydra.sweeper.tune.choices={choices}: no such file (a tuning.json a tuned grid wrote)")
+        return {"seeds": seeds, "search": {name: candidates(space) for name, space in search.items()},
+                "choices": str(choices) if choices else None}
 
     def axes(self, overrides: List[Override]) -> "OrderedDict[str, List[str]]":
         """Each swept key's `key=value` strings, in order; a later override of a key replaces it."""
@@ -156,7 +164,14 @@ class CellSweeper(BasicSweeper):
         return jobs
 
     def split_arguments(self, overrides: List[Override], max_batch_size: Optional[int]) -> List[List[List[str]]]:
-        if self.tune:
+        if self.tune and self.tune["choices"]:
+            # Tuned before: the grid at the recorded choices, no tuning phase.
+            self._final = overrides
+            choices = self.recorded_choices(Path(self.tune["choices"]), Path(str(self.config.hydra.sweep.dir)))
+            self._final = None
+            jobs = [self.with_choice(job, choices) for job in self.jobs(overrides)]
+            log.info(f"[sweep] {len(jobs)} cells at the settings recorded in {self.tune['choices']}")
+        elif self.tune:
             # Tuning first; the grid is planned in is_done() once its scores exist.
             self._final = overrides
             jobs = self.tuning_jobs(overrides)
@@ -232,6 +247,26 @@ class CellSweeper(BasicSweeper):
                 print(f"[sweep] tuned {name} on {task}: {' '.join(best['overrides'])} (validation accuracy "
                       f"{100 * best['mean']:.2f}% over {len(best['validation_accuracy'])} seed(s))", flush=True)
         (sweep_dir / TUNING_FILE).write_text(json.dumps({"seeds": self.tune["seeds"], "tasks": record}, indent=2))
+        return choices
+
+    def recorded_choices(self, path: Path, sweep_dir: Path) -> Dict[tuple, List[str]]:
+        """The choices of a tuning.json for this grid's tasks and tuned cells (every one must be there), copied
+        into the sweep folder's tuning.json with where they came from."""
+        try:
+            record = json.loads(path.read_text())["tasks"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise HydraException(f"hydra.sweeper.tune.choices={path}: not a tuning.json ({type(exc).__name__}: {exc})")
+        choices: Dict[tuple, List[str]] = {}
+        for task in self._grid_tasks():
+            for name in self.tune["search"]:
+                chosen = ((record.get(task) or {}).get(name) or {}).get("chosen")
+                if not chosen:
+                    raise HydraException(f"hydra.sweeper.tune.choices={path}: no choice for cell '{name}' on task "
+                                         f"'{task}' (the file has {sorted((record.get(task) or {}))} for it)")
+                choices[(task, name)] = [str(o) for o in chosen]
+                print(f"[sweep] {name} on {task}: {' '.join(chosen)} (recorded in {path})", flush=True)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / TUNING_FILE).write_text(json.dumps({"choices_from": str(path), "tasks": record}, indent=2))
         return choices
 
     def _grid_tasks(self) -> List[str]:

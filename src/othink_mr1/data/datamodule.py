@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .collate import PromptCollator
 from .records import BadRows, DataError
@@ -84,15 +84,17 @@ class VLMDataModule(pl.LightningDataModule):
         return ResumableLoader(self.train_split, batch_size=self.train_batch_size, num_batches=self.train_num_batches,
                                seed=self.seed, collate_fn=collate, num_workers=self.num_workers)
 
-    def eval_dataloader(self, name: str) -> DataLoader:
+    def eval_dataloader(self, name: str, items: list[int] | None = None, batch_size: int | None = None) -> DataLoader:
+        """Eval task `name`'s split as prompts, all of it or the given `items` (indices into the split), in
+        batches of eval.batch_size unless `batch_size` says otherwise."""
         task = self.eval_tasks[name]
         collate = PromptCollator(self._require_processor(), task.eval_prompt or task.prompt, split=f"{name} {self.eval_split}")
-        split = self.eval_splits[name]
+        split = self.eval_splits[name] if items is None else Subset(self.eval_splits[name], list(items))
         # Each rank scores its own shard (no padding repeats); the harness gathers them. The loader's own
         # generator: a DataLoader without one draws its workers' base seed from the global torch RNG each
         # time it is iterated, so an evaluation (row zero, in-training validation) would shift every
         # sample GRPO draws afterwards and a run would train differently with eval.row_zero on or off.
-        return DataLoader(split, batch_size=self.eval_batch_size, sampler=ShardSampler(len(split)),
+        return DataLoader(split, batch_size=batch_size or self.eval_batch_size, sampler=ShardSampler(len(split)),
                           collate_fn=collate, num_workers=self.num_workers, generator=torch.Generator())
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..data.collate import vision_tokens
+from ..models.rollouts import completion_mask, stop_token_ids, suppressed_token_ids
 from ..rewards.scorers import DEFAULT_PROTOCOL, check_protocol, get_scorer
 from .metrics import ItemResult, score_item, summarize
 
@@ -32,38 +32,6 @@ class EvalSpec:
 
     def __post_init__(self) -> None:
         check_protocol(self.protocol)
-
-
-def suppressed_token_ids(processor: Any) -> list[int]:
-    """Tokens never sampled: the processor's own image and video markup (data.collate.vision_tokens:
-    Qwen's <|image_pad|> and <|vision_start|>, Idefics3's <image> and <fake_token_around_image>, Gemma
-    3's <start_of_image>, ...). A completion holding one would no longer line up with the image
-    features in a later forward pass, and it means nothing as text."""
-    tokenizer = processor.tokenizer
-    ids = {tokenizer.convert_tokens_to_ids(t) for t in vision_tokens(processor)}
-    return sorted(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id)
-
-
-def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every token that ends a completion, in evaluation and in GRPO sampling alike: the ids of the
-    model's generation config (`eos_token_id`, an int or a list: Qwen2-VL's hub config lists
-    <|im_end|> and <|endoftext|>) and then the tokenizer's end-of-turn token, each once."""
-    listed = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = [] if listed is None else [listed] if isinstance(listed, int) else list(listed)
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return list(dict.fromkeys(int(i) for i in ids))
-
-
-def completion_mask(completion_ids: torch.Tensor, stop_ids: int | list[int] | tuple[int, ...]) -> torch.Tensor:
-    """[N, C] 1 for each token up to and including a row's first stop token, 0 after it (the pads that
-    follow an ended completion, even when the pad token is itself a stop id); a row that never
-    stopped is all ones. `.sum(dim=1)` is each completion's length."""
-    stops = torch.tensor([stop_ids] if isinstance(stop_ids, int) else list(stop_ids), dtype=completion_ids.dtype,
-                         device=completion_ids.device)
-    is_stop = torch.isin(completion_ids, stops)
-    after_stop = (is_stop.cumsum(dim=1) - is_stop.long()) > 0
-    return (~after_stop).long()
 
 
 def effective_max_new_tokens(task_max: int, model_cap: int | None) -> int:

@@ -11,7 +11,12 @@ from typing import Any
 
 from othink_mr1.rewards.scorers import Scorer, format_ok
 
-__all__ = ["ItemResult", "score_item", "summarize"]
+__all__ = ["CURVE_POINT_METRICS", "ItemResult", "score_item", "summarize"]
+
+# What a training-curve point holds per eval task (evaluation/curve.py), and the names it is logged under:
+# eval/<task>/<logged name> (the greedy accuracy on the curve's subset is acc_subset there, since
+# eval/<task>/acc is the full split's). The report reads them back (report/runs.py).
+CURVE_POINT_METRICS = {"acc": "acc_subset", "acc_sampled": "acc_sampled", "kl_to_base": "kl_to_base"}
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from pathlib import Path
@@ -108,10 +109,17 @@ class TrainableModule(EvaluationModule):
     checkpoint that resumes exactly (samples seen, data position, RNG state)."""
 
     def __init__(self, model: torch.nn.Module, processor: Any, method: Any, total_steps: int,
-                 data_position: StreamPosition | None = None, lora_cfg: Any = None, **eval_kwargs: Any):
+                 data_position: StreamPosition | None = None, lora_cfg: Any = None,
+                 reference: torch.nn.Module | None = None, adapter_reference: bool = False, **eval_kwargs: Any):
         super().__init__(model, processor, **eval_kwargs)
         self.method = method
         self.total_steps = total_steps
+        # The starting model, frozen (`starting_model`): GRPO's KL reference, and the base the training
+        # curves measure the drift from (evaluation/curve.py). In a list so it is not a submodule: outside
+        # the optimizer, the state_dict and checkpoints.
+        self._reference = [reference] if reference is not None else []
+        # LoRA: the starting model is the policy itself with its adapters switched off (no second copy).
+        self.adapter_reference = adapter_reference
         # With LoRA the checkpoint holds only the adapters (the base is rebuilt from model.*), so
         # loading it must not demand the base weights.
         self.lora_cfg = lora_cfg
@@ -126,7 +134,57 @@ class TrainableModule(EvaluationModule):
     @classmethod
     def from_config(cls, cfg: Any, model: torch.nn.Module, processor: Any, **common: Any) -> "TrainableModule":
         """The module a run trains (runner.build_module); a method needing more of the config overrides it."""
-        return cls(model, processor, **common)
+        return cls(model, processor, **cls.starting_model(cfg, model, for_loss=False), **common)
+
+    @staticmethod
+    def starting_model(cfg: Any, model: torch.nn.Module, for_loss: bool) -> dict[str, Any]:
+        """The frozen starting model, as constructor arguments, when the loss (`for_loss`: GRPO's KL term) or
+        the training curves' drift measure (eval.curve_points) compare against it; {} when nothing does.
+        Under LoRA it is the policy with its adapters switched off; otherwise a copy taken now, before any
+        step (a resumed run's too: the checkpoint's weights are loaded into the policy later)."""
+        from ..evaluation.curve import curves_enabled
+        from ..models.adapters import has_adapters
+
+        if not (for_loss or curves_enabled(cfg)):
+            return {}
+        if has_adapters(model):
+            return {"adapter_reference": True}
+        try:
+            return {"reference": copy.deepcopy(model).eval().requires_grad_(False)}
+        except Exception as exc:  # noqa: BLE001 - whatever stops the copy, the run must not start without it
+            needs = "the KL term (kl=" + str(cfg.kl.name) + ")" if for_loss else "the KL-to-base curves (eval.curve_points)"
+            raise RuntimeError(f"{needs} need a frozen copy of the starting model (model={cfg.model.name}, "
+                               f"model.path={cfg.model.path}), and it could not be made: {type(exc).__name__}: "
+                               f"{exc}") from exc
+
+    @property
+    def reference(self) -> torch.nn.Module | None:
+        return self._reference[0] if self._reference else None
+
+    @property
+    def has_reference(self) -> bool:
+        return self.reference is not None or self.adapter_reference
+
+    def reference_log_probs(self, completions: Any, temperature: float = 1.0,
+                            suppress_ids: tuple[int, ...] | list[int] = ()) -> torch.Tensor:
+        """Per-token log-probs [N, C] of `completions` (models/rollouts.py) under the frozen starting model,
+        without grad."""
+        if not self.has_reference:
+            raise RuntimeError("this module keeps no frozen starting model (no KL term, no KL-to-base curves)")
+        with torch.no_grad():
+            if self.reference is not None:
+                return completions.log_probs(self.reference, temperature, suppress_ids)
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with self.model.disable_adapter():
+                    return completions.log_probs(self.model, temperature, suppress_ids)
+            finally:
+                self.model.train(was_training)
+
+    def on_fit_start(self) -> None:
+        if self.reference is not None:
+            self.reference.to(self.device).eval()
 
     def train_record(self) -> dict[str, Any]:
         """Method-specific facts for results.json's `train` record (how the run decoded, ...)."""

@@ -123,18 +123,3 @@ def grpo_loss(
             "tokens": mask.sum(),
         }
     return loss, stats
-
-
-LOG_SOFTMAX_CHUNK = 1 << 24  # elements of fp32 log-softmax alive at once (64 MiB)
-
-
-def token_log_probs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log pi(token) for each position: logits [B, T, V] predict token_ids [B, T]. In chunks of rows, so
-    the full [B, T, V] fp32 log-softmax never exists at once (real vocabularies are 150k wide: one row
-    per chunk there; the tiny model's whole batch fits in one)."""
-    rows = max(1, LOG_SOFTMAX_CHUNK // max(1, logits.shape[1] * logits.shape[2]))
-    out = []
-    for chunk_logits, chunk_ids in zip(logits.split(rows), token_ids.split(rows)):
-        chunk = chunk_logits.float() / temperature
-        out.append(torch.gather(chunk.log_softmax(dim=-1), 2, chunk_ids.unsqueeze(2)).squeeze(2))
-    return torch.cat(out)

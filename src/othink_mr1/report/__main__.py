@@ -43,6 +43,11 @@ def write_report(tables: dict[str, Table], runs: list[RunResult], out: Path, fig
     for name, table in tables.items():
         (out / f"{name}.csv").write_text(table.csv())
         written.append(out / f"{name}.csv")
+    if "forgetting_vs_kl" in tables:  # the scatter's points, one row each
+        from .frontier import drift_points_csv
+
+        written.append(out / "drift_points.csv")
+        written[-1].write_text(drift_points_csv(runs))
     if figures:
         from .figures import write_figures
 

@@ -7,6 +7,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from . import frontier
 from .runs import RunResult
 from .tables import cross_pairs, index_runs, ordered, row_key, row_runs, stat
 
@@ -117,9 +118,103 @@ def cross_task_bars(runs: list[RunResult], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def frontier_figure(runs: list[RunResult], path: Path) -> Path | None:
+    """Per trained task, accuracy on it (x) against accuracy on the other task (y) over training: one line
+    per method through its mean points (step labels at the ends), the base model starred; greedy and
+    sampled side by side."""
+    points = frontier.frontier_points(runs)
+    keys = ordered([(p.model, p.task, p.other) for p in points])
+    if not keys:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(keys), 2, figsize=(10, 4.2 * len(keys)), squeeze=False)
+    for i, key in enumerate(keys):
+        mine = [p for p in points if (p.model, p.task, p.other) == key]
+        for j, kind in enumerate(frontier.KINDS):
+            ax = axes[i][j]
+            for method in ordered([p.method for p in mine if p.method != "base"]):
+                line = sorted((p for p in mine if p.method == method), key=lambda p: p.step)
+                xs, ys = [100 * p.trained[kind] for p in line], [100 * p.held[kind] for p in line]
+                drawn = ax.plot(xs, ys, marker="o", label=f"{method} (n={max(p.n for p in line)})")[0]
+                ax.annotate(f"step {line[-1].step}", (xs[-1], ys[-1]), fontsize=7, color=drawn.get_color(),
+                            xytext=(4, 2), textcoords="offset points")
+            for base in (p for p in mine if p.method == "base"):
+                ax.scatter([100 * base.trained[kind]], [100 * base.held[kind]], marker="*", s=180, color="black",
+                           zorder=5, label="base (step 0)")
+            model, task, other = key
+            ax.set(xlabel=f"{task} accuracy (%, trained)", ylabel=f"{other} accuracy (%)",
+                   title=f"{kind}: trained on {task} ({model})")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def forgetting_figure(runs: list[RunResult], path: Path) -> Path | None:
+    """The other task's accuracy change against KL to base on the trained task's prompts, every run and curve
+    point after step 0, coloured by method, with the least-squares line over all of them."""
+    points = frontier.drift_points(runs)
+    keys = ordered([(p.model, p.task, p.other) for p in points])
+    if not keys:
+        return None
+    fits = {(m, t, o, kind): fit for m, t, o, kind, group, fit in frontier.forgetting_fits(runs) if group == "all methods"}
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(keys), 2, figsize=(10, 4 * len(keys)), squeeze=False)
+    for i, key in enumerate(keys):
+        mine = [p for p in points if (p.model, p.task, p.other) == key]
+        for j, kind in enumerate(frontier.KINDS):
+            ax = axes[i][j]
+            usable = [p for p in mine if kind in p.change]
+            for method in frontier.methods_of_points(usable):
+                chosen = [p for p in usable if p.method == method]
+                ax.scatter([p.kl for p in chosen], [100 * p.change[kind] for p in chosen], s=18, alpha=0.75, label=method)
+            fit = fits.get((*key, kind))
+            if fit is not None and not math.isnan(fit.slope) and usable:
+                xs = [0.0, max(p.kl for p in usable)]
+                ax.plot(xs, [fit.intercept + fit.slope * x for x in xs], color="black", linewidth=1,
+                        label=f"fit: R² = {fit.r2:.2f}, {fit.slope:+.1f} points/nat")
+            model, task, other = key
+            ax.axhline(0, color="grey", linewidth=0.5)
+            ax.set(xlabel=f"KL to base on {task} prompts (nats per completion)",
+                   ylabel=f"{other} accuracy change (points)", title=f"{kind}: trained on {task} ({model})")
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def kl_beta_figure(runs: list[RunResult], path: Path) -> Path | None:
+    """Per trained task, side by side: KL to base on its prompts at the curve points (mean over seeds, min-max
+    shaded) and beta(t) per optimizer step, for each method with a KL schedule."""
+    chosen = frontier.kl_runs(runs)
+    models, _, tasks = index_runs(chosen)
+    keys = [(m, t) for m in models for t in tasks if any(r.model == m and r.task == t for r in chosen)]
+    if not keys:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(keys), 2, figsize=(10, 3.6 * len(keys)), squeeze=False)
+    for i, (model, task) in enumerate(keys):
+        mine = [r for r in chosen if r.model == model and r.task == task]
+        for method in frontier.methods_of(mine):
+            members = [r for r in mine if row_key(r) == method]
+            kl = [[(s, frontier.value(r, s, task, "kl_to_base")) for s in sorted(r.curve)] for r in members]
+            steps, mean, low, high = _mean_curve([[(s, v) for s, v in c if v is not None] for c in kl])
+            drawn = axes[i][0].plot(steps, mean, marker="o", label=f"{method} (n={len(members)})")[0]
+            axes[i][0].fill_between(steps, low, high, alpha=0.2, color=drawn.get_color())
+            steps, mean, _, _ = _mean_curve([r.curves["train/beta"] for r in members])
+            axes[i][1].plot(steps, mean, color=drawn.get_color(), label=method)
+        axes[i][0].set(xlabel="optimizer step", ylabel="KL to base (nats per completion)",
+                       title=f"KL to base on {task} prompts ({model})")
+        axes[i][1].set(xlabel="optimizer step", ylabel="beta", title=f"beta(t), trained on {task}")
+        for ax in axes[i]:
+            _integer_steps(ax)
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def write_figures(runs: list[RunResult], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     made = [beta_schedules(runs, out_dir / "beta_schedules.png"),
             training_curves(runs, out_dir / "training_curves.png"),
-            cross_task_bars(runs, out_dir / "cross_task.png")]
+            cross_task_bars(runs, out_dir / "cross_task.png"),
+            frontier_figure(runs, out_dir / "frontier.png"),
+            forgetting_figure(runs, out_dir / "forgetting_vs_kl.png"),
+            kl_beta_figure(runs, out_dir / "kl_beta_curves.png")]
     return [p for p in made if p is not None]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..config import run_identity
+from ..evaluation.metrics import CURVE_POINT_METRICS
 from ..utils.errors import ConfigError
 
 # The metrics the figures draw, by their logged names.
@@ -62,6 +63,9 @@ class RunResult:
     eval_split: str = DEFAULT_SPLIT  # test | validation: the split the accuracies were scored on
     # metric -> [(optimizer step, value)], for the figures; filled by sources that have them.
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    # The training curve (results.json `curve`, evaluation/curve.py): optimizer step -> eval task ->
+    # {acc, acc_sampled, kl_to_base}, on the curve's fixed subset; empty for runs without one.
+    curve: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     @property
     def row(self) -> str:
@@ -98,6 +102,14 @@ def read_csv_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {m: sorted(points.items()) for m, points in curves.items() if points}
 
 
+def read_curve(curve: dict[str, Any] | None) -> dict[int, dict[str, dict[str, float]]]:
+    """results.json's `curve` (step as text -> task -> metrics) with int steps and only the metrics the
+    report reads (the standard errors and counts stay in the file)."""
+    return {int(step): {task: {k: float(v[k]) for k in CURVE_POINT_METRICS if v.get(k) is not None}
+                        for task, v in point.items()}
+            for step, point in sorted((curve or {}).items(), key=lambda kv: int(kv[0]))}
+
+
 def read_run_dir(run_dir: Path, with_curves: bool = True) -> RunResult | None:
     """A run directory as a RunResult; None when the folder is not a run (no record of any kind)."""
     results, error, config = run_dir / "results.json", run_dir / "error.json", run_dir / "config.yaml"
@@ -109,7 +121,8 @@ def read_run_dir(run_dir: Path, with_curves: bool = True) -> RunResult | None:
                            protocol={t: task_protocol(s) for t, s in after.items()},
                            seconds=payload.get("seconds"), train_seconds=(payload.get("train") or {}).get("seconds"),
                            devices=(payload.get("hardware") or {}).get("devices"),
-                           eval_split=payload.get("eval_split") or DEFAULT_SPLIT)
+                           eval_split=payload.get("eval_split") or DEFAULT_SPLIT,
+                           curve=read_curve(payload.get("curve")))
     elif error.exists():
         payload = json.loads(error.read_text())
         if payload.get("mode") is None and config.exists():
@@ -205,13 +218,23 @@ def run_from_wandb(config: dict[str, Any], summary: dict[str, Any], exit_code: i
                        devices=summary.get("hardware/devices"),
                        error=summary.get("error"), eval_split=run_eval.get("split") or DEFAULT_SPLIT)
     curves: dict[str, dict[int, float]] = {m: {} for m in CURVE_METRICS}
+    points: dict[int, dict[str, dict[str, float]]] = {}
     for row in history:
         step = row.get("trainer/global_step", row.get("_step"))
         for metric in CURVE_METRICS:
             value = row.get(metric)
             if value is not None and step is not None and not (isinstance(value, float) and math.isnan(value)):
                 curves[metric][int(step)] = float(value)
+        if row.get("progress/optimizer_steps") is None:
+            continue
+        for task in eval_tasks:
+            for key, logged in CURVE_POINT_METRICS.items():
+                value = row.get(f"eval/{task}/{logged}")
+                if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                    points.setdefault(int(row["progress/optimizer_steps"]), {}).setdefault(task, {})[key] = float(value)
     result.curves = {m: sorted(p.items()) for m, p in curves.items() if p}
+    if status == "finished":
+        result.curve = dict(sorted(points.items()))
     return result
 
 

@@ -455,6 +455,9 @@ def build_tables(runs: list[RunResult], paper: bool = False, intervals: bool = F
               "cross_task": cross_task_table(runs, paper, intervals),
               "claims": paired_claims_table(runs) if intervals else None, "runs": runs_table(runs)}
     tables = {name: t for name, t in tables.items() if t is not None}
+    from .frontier import frontier_tables  # it builds on this module's helpers
+
+    tables.update(frontier_tables(runs))
     if split != DEFAULT_SPLIT:
         for table in tables.values():
             table.title += f" [{split} split]"
