@@ -4,6 +4,7 @@ loaded when beta can be positive, and a resumed run ends exactly where an uninte
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -208,8 +209,10 @@ def test_an_extra_stop_id_that_never_occurs_changes_no_sampled_token(tmp_path, t
 
 @pytest.mark.slow  # three short runs
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
+    # With a training curve at steps 0, 2 and 4: the stop comes after step 2, whose point the checkpoint holds.
     common = ["method.max_steps=4", "method.lr=1e-3", "kl=adaptive", "trainer.checkpoint_every_n_steps=1",
-              "save_model=true", "eval.row_zero=false"]
+              "save_model=true", "eval.row_zero=false", "eval.curve_points=3", "eval.curve_items=4",
+              "eval.curve_samples=2"]
     uninterrupted = compose_config(["model=tiny", *VARYING, *common], output_dir=tmp_path / "a")
     run(uninterrupted)
 
@@ -231,8 +234,11 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatc
 
     monkeypatch.setattr(GRPOModule, "training_step", original)
     resumed = compose_config(["model=tiny", *VARYING, *common, "resume=true"], output_dir=tmp_path / "b")
+    assert sorted(saved["callbacks"]["TrainingCurve"]["points"]) == ["0", "2"]
     results = run(resumed)
     assert results["train"]["steps"] == 4 and results["train"]["resumed_from"].endswith("last.ckpt")
+    whole = json.loads((Path(uninterrupted.paths.run_dir) / "results.json").read_text())
+    assert list(results["curve"]) == ["0", "2", "4"] and results["curve"] == whole["curve"]
     a = load_file(str(Path(uninterrupted.paths.run_dir) / "model" / "model.safetensors"))
     b = load_file(str(run_dir / "model" / "model.safetensors"))
     assert a.keys() == b.keys()

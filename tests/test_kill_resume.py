@@ -25,7 +25,9 @@ from othink_mr1.utils.checkpoints import AtomicCheckpointIO
 pytestmark = pytest.mark.slow
 
 RUN = ["model=tiny_base", *SHRINK_GRPO, "kl=grpo_d", "method.max_steps=6", "method.lr=1e-3",
-       "trainer.checkpoint_every_n_steps=1", "save_model=true", "eval.row_zero=false", "model.max_new_tokens_cap=16"]
+       "trainer.checkpoint_every_n_steps=1", "save_model=true", "eval.row_zero=false", "model.max_new_tokens_cap=16",
+       # A training curve at steps 0, 3 and 6, on 8 items per task: resumed, it must come out the same too.
+       "eval.curve_points=3", "eval.curve_items=8", "eval.curve_samples=2"]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
 
 
@@ -69,8 +71,9 @@ def test_a_run_killed_at_a_random_step_resumes_to_the_same_end(tmp_path):
 
     results = [json.loads((d / "results.json").read_text()) for d in (whole_dir, run_dir)]
     assert results[1]["train"]["resumed_from"] and results[1]["train"]["steps"] == 6
-    for key in ("after", "run_name"):
+    for key in ("after", "run_name", "curve", "curve_settings"):
         assert results[0][key] == results[1][key], key
+    assert list(results[1]["curve"]) == ["0", "3", "6"]
     weights = [load_file(str(d / "model" / "model.safetensors")) for d in (whole_dir, run_dir)]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -30,8 +30,10 @@ from ..models.rollouts import Completions, Sampling, TokenRules, sample_completi
 
 
 def sequence_log_ratios(logp: torch.Tensor, base_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[N] sum over each completion's tokens of log pi - log pi_base (mask: [N, C], 1 on its tokens)."""
-    return ((logp.float() - base_logp.float()) * mask.to(torch.float32)).sum(dim=1)
+    """[N] sum over each completion's tokens of log pi - log pi_base (mask: [N, C], 1 on its tokens). The
+    positions after a completion's end are left out, not multiplied by 0: the pads there may be a token both
+    distributions exclude (log-prob -inf, and -inf - -inf is nan)."""
+    return torch.where(mask.bool(), logp.float() - base_logp.float(), 0.0).sum(dim=1)
 
 
 @torch.no_grad()
