@@ -110,7 +110,7 @@ def main() -> None:
                  f"task.train_source={train}", "task.train_size=null", f"task.test_jsonl={test}",
                  f"task.image_root={work / 'data'}", "eval.tasks=[clevr_count]", "eval.row_zero=false",
                  "model.max_new_tokens_cap=8", "trainer.enable_progress_bar=false", "save_model=false",
-                 "data.max_bad_fraction=0.05"]
+                 "data.max_bad_fraction=0.05", "eval.curve_points=null"]
 
     # Loading and checking both splits, in-process (what a run spends before building its model).
     task = compose(*overrides).task

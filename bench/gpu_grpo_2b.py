@@ -115,6 +115,7 @@ def one_run(args: argparse.Namespace, work: Path, decode_compile: str) -> dict:
         "eval.row_zero=false", "eval.tasks=[geometry]", "task.synthetic.num_test=8", "tasks.geometry.synthetic.num_test=8",
         f"task.max_new_tokens={T}", "trainer.enable_progress_bar=false", "trainer.checkpoint_every_n_steps=null",
         "trainer=cpu" if args.cpu else "trainer=gpu", f"tag=decode_{decode_compile}",
+        "eval.curve_points=null",  # step times alone: no training curve between the steps
     ] + (["model.lora.enabled=true", "model.lora.rank=64", "model.lora.alpha=128", "method.lr=1e-5"] if args.lora else [])
     cfg = compose(*overrides, output_dir=work / "outputs")
     sampling: list[float] = []

@@ -62,7 +62,8 @@ def declared_sweeper(name: str) -> dict:
 
 
 def test_grid_list_is_what_sweeps_holds():
-    assert GRIDS == ["format_ablation", "kl_ablation", "kl_schedules", "paper_grid", "smoke", "smoke_tuned", "tuned_grid"]
+    assert GRIDS == ["format_ablation", "frontier_grid", "kl_ablation", "kl_matched", "kl_schedules", "paper_grid", "smoke",
+                     "smoke_tuned", "tuned_grid"]
     # The base sits in a subfolder: never one of the `sweeps=NAME` options.
     assert BASE.exists() and "_base" not in {p.stem for p in SWEEPS.glob("*.yaml")}
 

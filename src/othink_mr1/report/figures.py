@@ -118,66 +118,60 @@ def cross_task_bars(runs: list[RunResult], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _pair_by_kind(points: list, height: float) -> tuple[object, list[tuple[object, tuple, str, list]]]:
+    """A figure with a row per (model, trained task, other task) of `points` and a column per accuracy kind
+    (greedy, sampled), and its panels as (axes, row key, kind, the row's points); (None, []) for no points."""
+    keys = ordered([(p.model, p.task, p.other) for p in points])
+    if not keys:
+        return None, []
+    fig, axes = _pyplot().subplots(len(keys), len(frontier.KINDS), figsize=(10, height * len(keys)), squeeze=False)
+    return fig, [(axes[i][j], key, kind, [p for p in points if (p.model, p.task, p.other) == key])
+                 for i, key in enumerate(keys) for j, kind in enumerate(frontier.KINDS)]
+
+
 def frontier_figure(runs: list[RunResult], path: Path) -> Path | None:
     """Per trained task, accuracy on it (x) against accuracy on the other task (y) over training: one line
     per method through its mean points (step labels at the ends), the base model starred; greedy and
     sampled side by side."""
-    points = frontier.frontier_points(runs)
-    keys = ordered([(p.model, p.task, p.other) for p in points])
-    if not keys:
-        return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(keys), 2, figsize=(10, 4.2 * len(keys)), squeeze=False)
-    for i, key in enumerate(keys):
-        mine = [p for p in points if (p.model, p.task, p.other) == key]
-        for j, kind in enumerate(frontier.KINDS):
-            ax = axes[i][j]
-            for method in ordered([p.method for p in mine if p.method != "base"]):
-                line = sorted((p for p in mine if p.method == method), key=lambda p: p.step)
-                xs, ys = [100 * p.trained[kind] for p in line], [100 * p.held[kind] for p in line]
-                drawn = ax.plot(xs, ys, marker="o", label=f"{method} (n={max(p.n for p in line)})")[0]
-                ax.annotate(f"step {line[-1].step}", (xs[-1], ys[-1]), fontsize=7, color=drawn.get_color(),
-                            xytext=(4, 2), textcoords="offset points")
-            for base in (p for p in mine if p.method == "base"):
-                ax.scatter([100 * base.trained[kind]], [100 * base.held[kind]], marker="*", s=180, color="black",
-                           zorder=5, label="base (step 0)")
-            model, task, other = key
-            ax.set(xlabel=f"{task} accuracy (%, trained)", ylabel=f"{other} accuracy (%)",
-                   title=f"{kind}: trained on {task} ({model})")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    return _save(fig, path)
+    fig, panels = _pair_by_kind(frontier.frontier_points(runs), 4.2)
+    for ax, (model, task, other), kind, mine in panels:
+        for method in ordered([p.method for p in mine if p.method != "base"]):
+            line = sorted((p for p in mine if p.method == method), key=lambda p: p.step)
+            xs, ys = [100 * p.trained[kind] for p in line], [100 * p.held[kind] for p in line]
+            drawn = ax.plot(xs, ys, marker="o", label=f"{method} (n={max(p.n for p in line)})")[0]
+            ax.annotate(f"step {line[-1].step}", (xs[-1], ys[-1]), fontsize=7, color=drawn.get_color(),
+                        xytext=(4, 2), textcoords="offset points")
+        for base in (p for p in mine if p.method == "base"):
+            ax.scatter([100 * base.trained[kind]], [100 * base.held[kind]], marker="*", s=180, color="black",
+                       zorder=5, label="base (step 0)")
+        ax.set(xlabel=f"{task} accuracy (%, trained)", ylabel=f"{other} accuracy (%)",
+               title=f"{kind}: trained on {task} ({model})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path) if fig else None
 
 
 def forgetting_figure(runs: list[RunResult], path: Path) -> Path | None:
     """The other task's accuracy change against KL to base on the trained task's prompts, every run and curve
     point after step 0, coloured by method, with the least-squares line over all of them."""
-    points = frontier.drift_points(runs)
-    keys = ordered([(p.model, p.task, p.other) for p in points])
-    if not keys:
-        return None
     fits = {(m, t, o, kind): fit for m, t, o, kind, group, fit in frontier.forgetting_fits(runs) if group == "all methods"}
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(keys), 2, figsize=(10, 4 * len(keys)), squeeze=False)
-    for i, key in enumerate(keys):
-        mine = [p for p in points if (p.model, p.task, p.other) == key]
-        for j, kind in enumerate(frontier.KINDS):
-            ax = axes[i][j]
-            usable = [p for p in mine if kind in p.change]
-            for method in frontier.methods_of_points(usable):
-                chosen = [p for p in usable if p.method == method]
-                ax.scatter([p.kl for p in chosen], [100 * p.change[kind] for p in chosen], s=18, alpha=0.75, label=method)
-            fit = fits.get((*key, kind))
-            if fit is not None and not math.isnan(fit.slope) and usable:
-                xs = [0.0, max(p.kl for p in usable)]
-                ax.plot(xs, [fit.intercept + fit.slope * x for x in xs], color="black", linewidth=1,
-                        label=f"fit: R² = {fit.r2:.2f}, {fit.slope:+.1f} points/nat")
-            model, task, other = key
-            ax.axhline(0, color="grey", linewidth=0.5)
-            ax.set(xlabel=f"KL to base on {task} prompts (nats per completion)",
-                   ylabel=f"{other} accuracy change (points)", title=f"{kind}: trained on {task} ({model})")
-            ax.legend(fontsize=8)
-    return _save(fig, path)
+    fig, panels = _pair_by_kind(frontier.drift_points(runs), 4.0)
+    for ax, key, kind, mine in panels:
+        usable = [p for p in mine if kind in p.change]
+        for method in frontier.methods_of_points(usable):
+            chosen = [p for p in usable if p.method == method]
+            ax.scatter([p.kl for p in chosen], [100 * p.change[kind] for p in chosen], s=18, alpha=0.75, label=method)
+        fit = fits.get((*key, kind))
+        if fit is not None and not math.isnan(fit.slope) and usable:
+            xs = [0.0, max(p.kl for p in usable)]
+            ax.plot(xs, [fit.intercept + fit.slope * x for x in xs], color="black", linewidth=1,
+                    label=f"fit: R² = {fit.r2:.2f}, {fit.slope:+.1f} points/nat")
+        model, task, other = key
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.set(xlabel=f"KL to base on {task} prompts (nats per completion)",
+               ylabel=f"{other} accuracy change (points)", title=f"{kind}: trained on {task} ({model})")
+        ax.legend(fontsize=8)
+    return _save(fig, path) if fig else None
 
 
 def kl_beta_figure(runs: list[RunResult], path: Path) -> Path | None:
