@@ -122,6 +122,7 @@ def test_forgetting_is_fitted_against_kl_over_every_run_and_point(grid):
     assert cell(table, everything, "intercept (points)") in ("0.00", "-0.00")
     assert cell(table, everything, "R²") == "1.000"
     assert cell(table, row(table, accuracy="sampled", **{"runs of": "sft"}), "R²") == "1.000"
+    assert cell(table, row(table, accuracy="greedy", **{"runs of": "all but sft"}), "points") == "12"
     # GRPO's points all sit at the same KL per step, on the line too: 6 points.
     assert cell(table, row(table, accuracy="greedy", **{"runs of": "grpo"}), "points") == "6"
 
@@ -193,3 +194,18 @@ def test_the_cli_writes_markdown_csv_and_figures(grid, tmp_path):
 def test_runs_without_curves_give_no_curve_tables(grid):
     runs = [RunResult(**{**r.__dict__, "curve": {}}) for r in load_source(str(grid))]
     assert not {"frontier", "forgetting_vs_kl", "matched_gain", "kl_curves", "drift_claims"} & set(build_tables(runs))
+
+
+def test_a_method_that_gains_nothing_has_no_matched_point(grid):
+    """A method ending below the base on its trained task would be "matched" by the untrained SFT start; the
+    table says there is no gain to match instead of a verdict."""
+    runs = load_source(str(grid))
+    for run in runs:
+        if run.method == "grpo":
+            for step in run.curve:
+                run.curve[step]["counting"]["acc"] = 0.15  # below the base's 0.2 throughout
+    table = build_tables(runs)["matched_gain"]
+    grpo = row(table, method="grpo", accuracy="greedy")
+    assert cell(table, grpo, "verdict (method forgets less)").startswith("— (the method ends at or below the base's 20.00")
+    assert cell(table, grpo, "SFT other acc at target") == "—" and cell(table, grpo, "other acc: method − SFT") == "—"
+    assert cell(table, row(table, method="grpo_d", accuracy="greedy"), "verdict (method forgets less)") == "holds"
