@@ -221,3 +221,27 @@ def test_building_tiny_base_leaves_the_callers_random_state_as_it_was(tmp_path, 
     after_build = torch.rand(1).item(), random.random(), np.random.rand()
     torch.manual_seed(7), random.seed(7), np.random.seed(7)
     assert (torch.rand(1).item(), random.random(), np.random.rand()) == after_build
+
+
+def test_building_tiny_base_uses_the_builds_thread_count_and_gives_the_caller_its_own_back(tmp_path, monkeypatch):
+    """A joblib worker runs with 1 torch thread, `make run` with one per core; the thread count changes the float
+    reductions, so the build pins it: the same weights whichever process builds them first."""
+    import othink_mr1.jobs.tiny_base as job
+
+    seen = []
+
+    def recording_build(model_cfg, tiny_dir, out_dir, cache_dir):
+        seen.append(torch.get_num_threads())
+        (out_dir / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setattr(job, "build_tiny_base", recording_build)
+    monkeypatch.setattr(job, "tiny_folder", lambda cfg, cache: tmp_path / "tiny")
+    before = torch.get_num_threads()
+    caller = 1 if job.BUILD_NUM_THREADS != 1 else 3
+    torch.set_num_threads(caller)
+    try:
+        job.ensure_built(compose_config(["model=tiny_base"]).model, tmp_path)
+        assert seen == [job.BUILD_NUM_THREADS]
+        assert torch.get_num_threads() == caller
+    finally:
+        torch.set_num_threads(before)

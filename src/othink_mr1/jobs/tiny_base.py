@@ -19,8 +19,9 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -55,6 +56,11 @@ BUILD_EVAL_MAX_NEW_TOKENS = 64
 # synthetic.image_size (also 112 today): the cache key covers the model config and GENERATOR_VERSION
 # only, so reading the task files here could change the built weights without changing the key.
 PRETRAIN_IMAGE_SIZE = SyntheticDataConfig().image_size
+# The build trains with this many torch threads, whatever process triggers it: the thread count changes the order
+# of float reductions, and over 575 steps that gives another model. Measured on the development machine (2 cores)
+# at commit b3f1f98: built in a joblib worker (1 thread) tiny_base scored 51.5% on counting, built by `make run`
+# (2 threads) 25.0%. 2 is the development machine's core count, where the documented tiny_base was built.
+BUILD_NUM_THREADS = 2
 # The checkout whose conf/ holds the task files (run.py and the tests set OTHINK_ROOT).
 ROOT = Path(os.environ.get("OTHINK_ROOT") or Path(__file__).resolve().parents[3])
 
@@ -79,10 +85,21 @@ def ensure_built(cfg_or_model_cfg: Any, cache_dir: str | Path) -> Path:
         # A run builds tiny_base after seeding (on first use), and the build's loaders and training draw from the
         # global generators: restoring them keeps a run that builds the model the same as one finding it cached.
         # CPU only: the build trains on the CPU.
-        with isolate_rng(include_cuda=False):
+        with isolate_rng(include_cuda=False), torch_threads(BUILD_NUM_THREADS):
             build_tiny_base(model_cfg, tiny_folder(model_cfg, cache_dir), tmp, cache_dir)
 
     return cached_build(folder, build)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `count` inside the block, and the caller's restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class PretrainingSet(TorchDataset):
@@ -155,6 +172,7 @@ def build_tiny_base(model_cfg: Any, tiny_dir: Path, out_dir: Path, cache_dir: st
         "sampling_headroom": headroom,
         "window": [build.min_accuracy, build.max_accuracy],
         "in_window": in_window,
+        "torch_threads": torch.get_num_threads(),
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - started, 1),
         "model": OmegaConf.to_container(model_cfg, resolve=True),
