@@ -80,6 +80,30 @@ def family_folder(family: str) -> Path:
     return cached_build(CACHE / "models" / f"tiny-{family}-v{FAMILIES_VERSION}", lambda tmp: build_tiny_family(family, tmp))
 
 
+PUBLISHED = ROOT / "tests" / "fixtures" / "published"
+SHRINK_OVERLAYS = ROOT / "tests" / "fixtures" / "shrink"
+# Every preset under conf/model/ that names a hub checkpoint (model=pretrained's children).
+PRESETS = sorted(p.stem for p in SHRINK_OVERLAYS.glob("*.json"))
+
+
+def preset_folder(preset: str) -> Path:
+    """The tiny build of `preset`'s checkpoint from its published small files (tests/fixtures/published/<preset>)
+    and its shrink overlay (tests/fixtures/shrink/<preset>.json), built once per fixture content into the
+    shared cache."""
+    import json
+
+    from othink_mr1.models.factory import cached_build, config_digest
+    from othink_mr1.models.tiny_published import PUBLISHED_BUILD_VERSION, build_from_published
+
+    published = PUBLISHED / preset
+    files = {f.name: f.read_text(encoding="utf-8") for f in sorted(published.glob("*"))} if published.is_dir() else {}
+    overlay = json.loads((SHRINK_OVERLAYS / f"{preset}.json").read_text(encoding="utf-8"))
+    siblings = {s: (PUBLISHED / s).read_text(encoding="utf-8") for s in (overlay.get("files_from") or {}).values()}
+    key = config_digest(files, overlay, siblings, PUBLISHED_BUILD_VERSION)
+    return cached_build(CACHE / "models" / f"published-{preset}-{key}",
+                        lambda tmp: build_from_published(published, overlay, tmp))
+
+
 def task_config(**kwargs) -> DictConfig:
     """A task node (schema-checked) for loader tests: an R1-V counting task unless `kwargs` say otherwise."""
     from omegaconf import OmegaConf

@@ -21,11 +21,12 @@ from othink_mr1.data import collate
 from othink_mr1.data.collate import (
     IGNORE_INDEX,
     PromptCollator,
+    ReplyEnd,
     SFTCollator,
-    end_of_turn,
     expected_image_tokens,
     image_slot,
     image_token_id,
+    reply_end,
     vision_tokens,
 )
 from othink_mr1.data.hub import load_test_jsonl, load_train_source
@@ -77,25 +78,27 @@ def test_vision_tokens_of_the_tiny_qwen2_vl_are_its_five_vision_specials(process
     assert vision_tokens(other) == ["x"] and calls == [other]  # another object is computed afresh
 
 
-def test_image_slot_end_of_turn_and_image_token_are_read_off_the_template(processor):
+def test_image_slot_reply_end_and_image_token_are_read_off_the_template(processor):
     assert image_slot(processor) == "<|vision_start|><|image_pad|><|vision_end|>"
     # The end of an assistant turn is today's eos, and a special token.
-    assert end_of_turn(processor) == "<|im_end|>" == processor.tokenizer.eos_token
+    assert reply_end(processor) == ReplyEnd("<|im_end|>", "template")
+    assert processor.tokenizer.eos_token == "<|im_end|>"
     assert image_token_id(processor) == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
 
-def test_end_of_turn_refuses_a_template_without_an_end_token(processor):
+def test_a_template_that_closes_nothing_ends_replies_with_the_eos_and_plain_text_is_refused(processor):
     plain = copy.deepcopy(processor)
     plain.chat_template = ("{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}"
-                           "{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}")
-    with pytest.raises(DataError, match=r"chat template of ImageOnlyQwen2VLProcessor writes nothing after an "
-                                        "assistant message: SFT cannot tell the model where a reply ends"):
-        SFTCollator(plain, TEMPLATE)
-    # Text that is not a special token is no end of turn either.
+                           "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+                           "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}")
+    # Only a newline after the reply: the tokenizer's eos ends it, and SFT appends it.
+    assert reply_end(plain) == ReplyEnd("<|im_end|>", "eos appended")
+    assert SFTCollator(plain, TEMPLATE).end == "<|im_end|>"
+    # Text that is not a special token is no end of turn.
     plain.chat_template = plain.chat_template.replace("\n{% endfor %}", " END\n{% endfor %}")
     with pytest.raises(DataError, match=r"writes ' END\\n', which does not begin with a special token, after an "
                                         "assistant message"):
-        end_of_turn(plain)
+        reply_end(plain)
 
 
 def test_expected_image_tokens_sums_each_samples_images(processor):
@@ -440,7 +443,7 @@ def test_both_collators_serve_every_family_with_one_and_two_images(family):
 
     model, processor = load_local(family_folder(family))
     slot, end, expected = FAMILY_FACTS[family]
-    assert (image_slot(processor), end_of_turn(processor)) == (slot, end)
+    assert (image_slot(processor), reply_end(processor).text) == (slot, end)
     examples = [_example(0, 1), _example(1, 2)]
     prompts = PromptCollator(processor, TEMPLATE, split="counting_multi test")(examples)
     sft = SFTCollator(processor, TEMPLATE, split="counting_multi train")(examples)

@@ -23,19 +23,24 @@ from othink_mr1.utils.errors import ConfigError
 from test_prefix_sharing import prompt_batch
 
 
-def test_a_chat_template_whose_end_of_turn_does_not_stop_generation_fails(tmp_path):
-    """LLaVA-1.5's template ends a reply with </s>: a model whose generation config and tokenizer stop
-    on something else would never stop after SFT."""
+def test_a_reply_end_that_does_not_stop_generation_fails_sft_only(tmp_path):
+    """Idefics3's template ends a reply with <end_of_utterance>: a model whose generation config and
+    tokenizer stop on something else would never stop after SFT. Evaluation and GRPO never train a
+    reply's end, so nothing is checked for them."""
     from conftest import family_folder
+    from othink_mr1.data.collate import SFTCollator
     from othink_mr1.models.factory import load_local
+    from othink_mr1.preflight import check_reply_end
 
-    model, processor = load_local(family_folder("llava"))
-    cfg = compose_config(["model=pretrained", f"model.path={family_folder('llava')}"])
-    check_processors(cfg.model, model, processor, {})
-    processor.tokenizer.eos_token = "<s>"
-    model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<s>")
-    with pytest.raises(PreflightError, match=r"ends an assistant turn with </s> .* not a stop token of the model"):
-        check_processors(cfg.model, model, processor, {})
+    model, processor = load_local(family_folder("idefics3"))
+    check_reply_end(model, SFTCollator(processor, "{question}"))
+    processor.tokenizer.eos_token = "<|endoftext|>"
+    model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    with pytest.raises(PreflightError, match=r"SFT ends a reply with <end_of_utterance> \(id \d+; template\), which is "
+                                             r"not a stop token of the model"):
+        check_reply_end(model, SFTCollator(processor, "{question}"))
+    cfg = compose_config(["model=pretrained", f"model.path={family_folder('idefics3')}"])
+    check_processors(cfg.model, model, processor, {})  # no reply end asked for
 
 
 def test_a_processor_whose_max_pixels_disagrees_with_evaluation_fails(tiny):

@@ -6,6 +6,7 @@ before the row-zero evaluation). Each one fails with a message that names what d
 2. The first training micro-batch and the first batch of every evaluation split collate, which
    checks that each sample's image tokens match the features its image grid gives (the collators
    check this on every batch; here it happens before any time is spent).
+3. For SFT, the token that ends a reply stops generation.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ def check_processors(model_cfg: Any, model: torch.nn.Module, train_processor: An
             if value is not None and reference[key] is not None and reference[key] != value:
                 raise PreflightError(f"preflight: the processor's {key}={reference[key]} but the model's vision config has "
                                      f"{value}: processor and weights come from different models")
-    check_end_of_turn(model, train_processor)
     for name, processor in eval_processors.items():
         settings = processor_settings(processor)
         keys = list(dict.fromkeys([*reference, *settings]))
@@ -70,18 +70,18 @@ def check_processors(model_cfg: Any, model: torch.nn.Module, train_processor: An
                                  "evaluation must turn images and prompts into tokens the same way")
 
 
-def check_end_of_turn(model: torch.nn.Module, processor: Any) -> None:
-    """The token that closes an assistant turn in the chat template (what SFT teaches a reply to end
-    with) must stop generation, or a fine-tuned model would never stop in evaluation and GRPO."""
-    from .data.collate import end_of_turn
+def check_reply_end(model: torch.nn.Module, collator: Any) -> None:
+    """SFT teaches a reply to end with `collator.reply_end` (the token that closes an assistant turn in the
+    chat template, or the tokenizer's eos where it closes nothing): that token must stop generation, or a
+    fine-tuned model would never stop in evaluation and GRPO."""
     from .evaluation.harness import stop_token_ids
 
-    tokenizer = processor.tokenizer
-    end = end_of_turn(processor).strip()
+    tokenizer = collator.processor.tokenizer
+    end = collator.reply_end.text.strip()
     end_id = tokenizer.convert_tokens_to_ids(end)
     stops = stop_token_ids(model, tokenizer)
     if end_id not in stops:
-        raise PreflightError(f"preflight: the chat template ends an assistant turn with {end} (id {end_id}), which is "
+        raise PreflightError(f"preflight: SFT ends a reply with {end} (id {end_id}; {collator.reply_end.how}), which is "
                              f"not a stop token of the model (generation_config.eos_token_id and the tokenizer's eos: "
                              f"{tokenizer.convert_ids_to_tokens(stops)}); set the model's generation_config.eos_token_id "
                              "to include it")
@@ -98,6 +98,8 @@ def preflight(model_cfg: Any, model: torch.nn.Module, train_loader: Any | None, 
     processors = {name: loader.collate_fn.processor for name, loader in loaders.items()}
     train_processor = processors.pop("train", None) or next(iter(processors.values()))
     check_processors(model_cfg, model, train_processor, processors)
+    if train_loader is not None and hasattr(train_loader.collate_fn, "reply_end"):  # SFT: replies are trained
+        check_reply_end(model, train_loader.collate_fn)
     for loader in loaders.values():
         examples = first_batch(loader, loader.batch_size or 1)
         if examples:

@@ -23,7 +23,7 @@ from .budget import Budget, budget_line, train_budget
 from .config_checks import check_config
 from .config import find_method, run_identity
 from .data.datamodule import VLMDataModule
-from .data.records import BadRows, row_label
+from .data.records import BadRows, DataError, row_label
 from .evaluation.curve import TrainingCurve, check_curve_points, curves_enabled, format_curve
 from .evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
 from .loggers import build_loggers, wandb_closed, write_wandb_summary
@@ -289,6 +289,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     dm = load_data(cfg, eval_tasks, run_dir)  # data first: bad data fails before any model is built
     budget = plan_budget(cfg, dm) if train else None
     model, processor = load_weights(cfg)
+    reply = reply_record(model, processor)
     dm.processor = processor
     train_loader = dm.train_dataloader() if train else None
     module = build_module(cfg, model, processor, budget, train_loader.position if train else None,
@@ -316,6 +317,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
             "seconds": round(time.time() - started, 1),
             "hardware": hardware(trainer),
             "processing": processor_info(processor),
+            "reply": reply,
         }
         if trainer.is_global_zero:
             # Written last: its presence marks the run finished (and protects it from reruns).
@@ -323,6 +325,26 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
             write_json(run_dir / FINISHED_MARKER, results)
             print(results_table(results), flush=True)
     return results
+
+
+def reply_record(model: torch.nn.Module, processor: Any) -> dict[str, Any]:
+    """How a reply ends (data.collate.reply_end: the template's closing token, or the tokenizer's eos appended
+    where the template closes nothing) and the tokens that stop generation, for results.json. Appending
+    the eos is said once in the log. A template that writes plain text after a reply cannot train SFT
+    (the SFT collator refuses it), but evaluation and GRPO never render an assistant turn: recorded."""
+    from .data.collate import reply_end
+    from .models.rollouts import stop_token_ids
+
+    tokenizer = processor.tokenizer
+    stops = tokenizer.convert_ids_to_tokens(stop_token_ids(model, tokenizer))
+    try:
+        end = reply_end(processor)
+    except DataError as exc:
+        return {"ends_with": None, "how": "not closed by the template", "why": str(exc), "stop_tokens": stops}
+    if end.how == "eos appended":
+        log.info("the chat template closes nothing after a reply: SFT appends the tokenizer's eos %s, and generation "
+                 "stops at it (results.json: reply)", end.text)
+    return {**end.record(), "stop_tokens": stops}
 
 
 def hardware(trainer: pl.Trainer) -> dict[str, Any]:

@@ -157,15 +157,31 @@ def count_slots(text: str, slot: str) -> int:
     return text.count(slot) if slot else 0
 
 
-def end_of_turn(processor: Any) -> str:
-    """The text the chat template writes right after an assistant message's content, up to and
-    including its first token, which must be a special token (Qwen: `<|im_end|>`; Idefics3:
-    `<end_of_utterance>`; Gemma3: `<end_of_turn>`). Whitespace before it is kept (a template writing
-    "reply </s>" ends replies with " </s>"). A DataError names the template when there is none."""
-    return _per_processor("end_of_turn", processor, _end_of_turn)
+@dataclass(frozen=True)
+class ReplyEnd:
+    """What ends an assistant reply: `text` follows the reply's text in SFT targets, and generation stops at
+    its token. `how` is "template" where the chat template closes an assistant turn with a special token
+    (Qwen: `<|im_end|>`; Idefics3: `<end_of_utterance>`; Gemma3: `<end_of_turn>`) and "eos appended" where
+    it closes nothing (LLaVA-1.5's published template): the tokenizer's end-of-sequence token then ends a
+    reply, as LLaVA's own training and TRL's SFT do."""
+
+    text: str
+    how: str
+
+    def record(self) -> dict[str, str]:
+        return {"ends_with": self.text.strip(), "how": self.how}
 
 
-def _end_of_turn(processor: Any) -> str:
+def reply_end(processor: Any) -> ReplyEnd:
+    """How an assistant reply ends for this processor (see ReplyEnd). Whitespace the template writes
+    before its closing token is kept (a template writing "reply </s>" ends replies with " </s>"). A
+    DataError names the template when it writes text that is not a special token after a reply, or
+    closes nothing and the tokenizer has no eos token. Only SFT asks: evaluation and GRPO never render
+    an assistant turn."""
+    return _per_processor("reply_end", processor, _reply_end)
+
+
+def _reply_end(processor: Any) -> ReplyEnd:
     user = {"role": "user", "content": [{"type": "text", "text": _QUESTION_MARK}]}
     rendered = ""
     # Content parts are what multimodal templates expect; a few only render plain string content.
@@ -179,6 +195,12 @@ def _end_of_turn(processor: Any) -> str:
                         f"place a reply (rendered: {rendered[-120:]!r})")
     after = rendered[rendered.rindex(_REPLY_MARK) + len(_REPLY_MARK):]
     tokenizer = processor.tokenizer
+    if not after.strip():
+        if not tokenizer.eos_token:
+            raise DataError(f"the chat template of {name} closes nothing after an assistant message and the tokenizer "
+                            "has no eos_token (tokenizer_config.json / special_tokens_map.json): SFT cannot tell the "
+                            "model where a reply ends")
+        return ReplyEnd(tokenizer.eos_token, "eos appended")
     specials = set(tokenizer.all_special_tokens)
     specials |= {str(t.content) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
                  if getattr(t, "special", False)}
@@ -186,11 +208,11 @@ def _end_of_turn(processor: Any) -> str:
     # The longest match: one special token may begin with another's text.
     end = next((s for s in sorted(specials, key=len, reverse=True) if s and body.startswith(s)), None)
     if end is None:
-        written = f"{after[:40]!r}, which does not begin with a special token," if after.strip() else "nothing"
-        raise DataError(f"the chat template of {name} writes {written} after an assistant message: SFT cannot "
-                        "tell the model where a reply ends (the template must close an assistant turn with an "
-                        "end-of-turn special token such as <|im_end|>)")
-    return after[:len(after) - len(body)] + end
+        raise DataError(f"the chat template of {name} writes {after[:40]!r}, which does not begin with a special "
+                        "token, after an assistant message: SFT cannot tell the model where a reply ends (the "
+                        "template must close an assistant turn with an end-of-turn special token such as <|im_end|>, "
+                        "or with nothing, and the tokenizer's eos is appended)")
+    return ReplyEnd(after[:len(after) - len(body)] + end, "template")
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -397,11 +419,11 @@ class PromptCollator:
 
 @dataclass
 class SFTCollator:
-    """Prompt + target + end-of-turn, right-padded, with labels on the reply tokens only
+    """Prompt + target + the reply's end (`reply_end`), right-padded, with labels on the reply tokens only
     (loss_on="assistant") or on every text token (loss_on="all").
 
     The prompt is the chat template with its generation prompt, processed with its images; the reply
-    is `target + end_of_turn(processor)` tokenized alone and appended to each row's prompt tokens. So
+    is `target + reply_end(processor).text` tokenized alone and appended to each row's prompt tokens. So
     the reply's span is known from the prompt's length, whatever markup a family writes (no turn
     marker to search for), and the labels cover exactly the reply."""
 
@@ -411,7 +433,8 @@ class SFTCollator:
     split: str = ""  # named in errors ("counting train")
 
     def __post_init__(self) -> None:
-        self.end = end_of_turn(self.processor)
+        self.reply_end = reply_end(self.processor)
+        self.end = self.reply_end.text
         tok = self.processor.tokenizer
         # No pad token is rare among chat models; padded positions are masked out whatever they hold.
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0

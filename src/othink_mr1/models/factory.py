@@ -107,7 +107,19 @@ def load_local(folder: str | Path, dtype: str = "float32", attn_implementation: 
     processor = load_processor(str(folder), image_backend, min_pixels, max_pixels, image_settings)
     model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=DTYPES[dtype],
                                                         attn_implementation=attn_implementation)
+    check_stop_ids(str(folder), model, processor.tokenizer)
     return model, processor
+
+
+def check_stop_ids(path: str, model: Any, tokenizer: Any) -> None:
+    """Every id generation stops at (generation_config.json's eos_token_id) must be a token of the
+    tokenizer: an id it lacks would never be sampled as the end, and a reply would never stop."""
+    listed = getattr(model.generation_config, "eos_token_id", None)
+    for token_id in [] if listed is None else [listed] if isinstance(listed, int) else list(listed):
+        token = tokenizer.convert_ids_to_tokens(int(token_id)) if 0 <= int(token_id) < len(tokenizer) else None
+        if token is None:
+            raise ModelError(f"model '{path}': generation_config.json eos_token_id lists {token_id}, which the tokenizer "
+                             f"({len(tokenizer)} tokens) does not have; generation would never stop at it")
 
 
 def image_processor_class(base_name: str, backend: str) -> type:
@@ -179,8 +191,8 @@ def load_processor(path: str, image_backend: str = "pil", min_pixels: int | None
     for suffix in ("Fast", "Pil"):
         family = family.removesuffix(suffix)
     if not family:
-        raise ModelError(f"model '{path}': its processor has no image processor (no preprocessor_config.json "
-                         "naming an image_processor_type)")
+        raise ModelError(f"model '{path}': preprocessor_config.json names no image_processor_type (the folder's "
+                         f"processor {base_cls.__name__} has no image processor); an image-text model needs one")
     image_processor = image_processor_class(family, image_backend).from_pretrained(path)
     try:
         apply_image_settings(image_processor, min_pixels, max_pixels, image_settings, f"model '{path}'")
@@ -189,8 +201,29 @@ def load_processor(path: str, image_backend: str = "pil", min_pixels: int | None
     tokenizer = AutoTokenizer.from_pretrained(path)
     processor_dict, _ = base_cls.get_processor_dict(path)
     chat_template = processor_dict.get("chat_template") or tokenizer.chat_template
-    return image_only_class(base_cls)(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template,
-                                      **settings_for(base_cls, processor_dict))
+    processor = image_only_class(base_cls)(image_processor=image_processor, tokenizer=tokenizer,
+                                           chat_template=chat_template, **settings_for(base_cls, processor_dict))
+    check_template(path, processor, "chat_template.jinja / chat_template.json" if processor_dict.get("chat_template")
+                   else "tokenizer_config.json chat_template")
+    return processor
+
+
+def check_template(path: str, processor: Any, source: str) -> None:
+    """The chat template must exist and write an image slot for an image part, or no prompt could carry
+    its image (data.collate.image_slot reads the slot off the template)."""
+    from ..data.collate import image_slot
+    from ..data.records import DataError
+
+    if not processor.chat_template:
+        raise ModelError(f"model '{path}': no chat template (neither chat_template.jinja, chat_template.json nor "
+                         "tokenizer_config.json chat_template)")
+    try:
+        slot = image_slot(processor)
+    except DataError as exc:
+        raise ModelError(f"model '{path}': {source}: {exc}") from None
+    if not slot:
+        raise ModelError(f"model '{path}': {source}: the chat template writes nothing for an image part "
+                         "({'type': 'image'}), so no prompt can carry its image")
 
 
 def processor_info(processor: Any) -> dict[str, str]:

@@ -24,7 +24,7 @@ import torch
 from .tiny import build_tokenizer
 
 # Bump when a builder's output changes, so cached folders are rebuilt rather than reused.
-FAMILIES_VERSION = 3
+FAMILIES_VERSION = 4
 
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=4096)
@@ -55,16 +55,9 @@ IDEFICS3_TEMPLATE = (
     "{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
-# LLaVA-1.5: "USER: <image>\nquestion ASSISTANT: answer</s>".
-LLAVA_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' %}<image>\n{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{% if message['role'] == 'user' %} {% else %}</s>{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+# LLaVA-1.5: llava-hf/llava-1.5-7b-hf's published chat_template.jinja, verbatim (tests/fixtures/published/llava_1_5_7b):
+# "USER: <image>\nquestion ASSISTANT: answer " - nothing closes a reply, so SFT appends the eos (data.collate.reply_end).
+LLAVA_TEMPLATE = "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 # Gemma 3: "<bos><start_of_turn>user\n<start_of_image>question<end_of_turn>\n<start_of_turn>model\n".
 GEMMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
