@@ -204,6 +204,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
                   model: Any = None, curve: TrainingCurve | None = None) -> pl.Trainer:
     from .utils.checkpoints import LastCheckpoint
     from .utils.distributed import RankAgreementCallback, build_strategy
+    from .utils.preemption import PreemptionCheckpoint, cluster_plugins, in_submitit_job
 
     t = cfg.trainer
     kwargs: dict[str, Any] = dict(
@@ -215,10 +216,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
         # (and so each group) on one rank, and evaluation never pads shards with repeated items.
         use_distributed_sampler=False,
     )
+    # Under SLURM: Lightning reads ranks from SLURM's variables but leaves requeueing to submitit.
+    kwargs["plugins"] = cluster_plugins()
     if t.strategy in ("auto", "ddp", "ddp_spawn", "single_device"):  # sharded strategies write their own files
         from .utils.checkpoints import AtomicCheckpointIO
 
-        kwargs["plugins"] = [AtomicCheckpointIO()]
+        kwargs["plugins"].append(AtomicCheckpointIO())
     if cfg.mode != "train":
         return pl.Trainer(enable_checkpointing=False, **kwargs)
     m = cfg.method
@@ -227,7 +230,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
     micro_per_step = m.accumulate_grad_batches / updates_per_batch(cfg)
     # The loader spans the whole run (one "epoch"); max_steps is the limit that binds.
     # last.ckpt every checkpoint_every_n_steps, and the final state once (whatever the interval).
-    callbacks: list[Any] = [LastCheckpoint(run_dir / CHECKPOINT.parent, every_n_train_steps=t.checkpoint_every_n_steps)]
+    last = LastCheckpoint(run_dir / CHECKPOINT.parent, every_n_train_steps=t.checkpoint_every_n_steps)
+    callbacks: list[Any] = [last]
+    if in_submitit_job():  # a SLURM job of hydra/launcher=slurm: preemption writes last.ckpt at the current step
+        callbacks.append(PreemptionCheckpoint(last, run_dir))
     if t.check_distributed:
         callbacks.append(RankAgreementCallback(run_dir / "distributed_checks.jsonl"))
     if curve is not None:

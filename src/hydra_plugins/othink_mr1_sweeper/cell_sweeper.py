@@ -77,6 +77,37 @@ def seed_values(values: List[str]) -> List[str]:
 
 
 TUNE_DIR = "tune"
+
+# submitit's errors when sbatch refuses a job (its message is sbatch's stderr).
+SUBMISSION_ERRORS = ("FailedJobError", "FailedSubmissionError")
+# Words of sbatch's refusals -> the hydra.launcher setting they are about.
+SBATCH_WORDS = (("partition", "partition"), ("account", "account"), ("qos", "qos"), ("memory", "mem_gb"),
+                ("gres", "gpus_per_node"), ("gpu", "gpus_per_node"), ("time limit", "timeout_min"),
+                ("cpu", "cpus_per_task"), ("constraint", "constraint"), ("feature", "constraint"),
+                ("node configuration", "nodes"), ("task", "tasks_per_node"))
+
+
+def refused_submission(message: str, launcher: Any) -> str:
+    """What a refused submission says: sbatch's message and the hydra.launcher setting it names (or, when no
+    word of it points at one, the settings the cluster was asked for)."""
+    settings = {k: v for k, v in OmegaConf.to_container(launcher, resolve=False).items()
+                if not str(k).startswith("_") and v not in (None, {}, [])}
+    lowered = message.lower()
+    key = next((key for word, key in SBATCH_WORDS if word in lowered and key in settings), None)
+    named = (f"hydra.launcher.{key}={settings[key]}" if key else
+             ", ".join(f"hydra.launcher.{k}={v}" for k, v in settings.items() if k != "submitit_folder"))
+    return f"SLURM refused the submission ({named}): {' '.join(message.split())}"
+
+
+def scheduler_logs(config: DictConfig, job: Any) -> Optional[str]:
+    """Where a SLURM job of the sweep logged (submitit's <job id>_<task>_log.out/.err), if it ran under submitit."""
+    folder = OmegaConf.select(config, "hydra.launcher.submitit_folder", default=None)
+    job_id = OmegaConf.select(job.hydra_cfg, "hydra.job.id", default=None) if job.hydra_cfg is not None else None
+    if not folder or not job_id:
+        return None
+    root = Path(str(folder).split("%j", 1)[0])
+    found = sorted(root.glob(f"**/{job_id}_*_log.err"))
+    return ", ".join(str(f) for f in found) or None
 TUNING_FILE = "tuning.json"
 
 
@@ -282,7 +313,13 @@ class CellSweeper(BasicSweeper):
         return job[:-1] + chosen + job[-1:] if chosen else job
 
     def sweep(self, arguments: List[str]) -> Any:
-        returns = super().sweep(arguments)
+        try:
+            returns = super().sweep(arguments)
+        except Exception as exc:  # noqa: BLE001 - only a scheduler's refusal is reworded; the rest re-raises
+            if type(exc).__module__.startswith("submitit") and type(exc).__name__ in SUBMISSION_ERRORS:
+                print(f"[sweep] {refused_submission(str(exc), self.config.hydra.launcher)}", flush=True)
+                raise SystemExit(1) from None
+            raise
         outcomes: Dict[str, Counter] = {"tuning runs": Counter(), "cells": Counter()}
         failed = []
         for batch in returns:
@@ -295,7 +332,8 @@ class CellSweeper(BasicSweeper):
                 run_dir = Path(str(value.get("run_dir", ""))) if isinstance(value, dict) else Path()
                 outcomes["tuning runs" if run_dir.parent.name == TUNE_DIR else "cells"][status] += 1
                 if status == "failed":
-                    failed.append(f"{value.get('run_dir')} ({value.get('error')})")
+                    logs = scheduler_logs(self.config, job)
+                    failed.append(f"{value.get('run_dir')} ({value.get('error')})" + (f"; logs: {logs}" if logs else ""))
         for kind, counts in outcomes.items():
             if counts or kind == "cells":
                 summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
