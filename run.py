@@ -21,7 +21,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from othink_mr1.config import register_configs  # noqa: E402
+from othink_mr1.hydra_setup import register_configs  # noqa: E402
 
 register_configs()
 
@@ -30,7 +30,7 @@ register_configs()
 def main(cfg: DictConfig) -> dict:
     from hydra.types import RunMode
 
-    from othink_mr1.config import run_identity
+    from othink_mr1.naming import run_identity
     from othink_mr1.loggers import WANDB_RUN_ID_FILE, log_failed_run
     from othink_mr1.runner import run
     from othink_mr1.utils.errors import USER_ERRORS

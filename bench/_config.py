@@ -20,7 +20,7 @@ def compose(*overrides: str, output_dir: str | Path | None = None):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from othink_mr1.config import register_configs
+    from othink_mr1.hydra_setup import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()

@@ -27,7 +27,7 @@ R1V_EVAL = ROOT / "data" / "r1v_eval"
 # The same cache `make run` uses: tiny/tiny_base and synthetic datasets are built once per checkout.
 CACHE = Path(os.environ.get("OTHINK_CACHE", ROOT / ".cache"))
 
-from othink_mr1.config import register_configs  # noqa: E402
+from othink_mr1.hydra_setup import register_configs  # noqa: E402
 
 register_configs()
 

@@ -361,7 +361,7 @@ def test_paper_presets_carry_the_papers_settings(name):
 
 @pytest.mark.parametrize("name", [n for n in options("experiment") if n.startswith("one_gpu_")])
 def test_one_gpu_recipes_keep_the_papers_batch_through_accumulation(name):
-    from othink_mr1.budget import world_size
+    from othink_mr1.utils.distributed import world_size
 
     cfg = compose_config([f"experiment={name}"], shrink=False)
     m = cfg.method

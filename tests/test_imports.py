@@ -1,11 +1,13 @@
 """Import discipline between the package's rooms: no cycle between them, and report/ stays torch-free.
 
 A room is a top-level package of othink_mr1 (data, models, methods, rewards, evaluation, report, jobs,
-utils) or a top-level module (runner, config_checks, preflight, budget, config). The layering they keep is
-utils/data/rewards at the bottom, models and evaluation above them, methods above those, jobs above
-methods, and runner/preflight on top. A cycle between rooms means one of them reaches up: it is found
-statically here (every `import` / `from ... import` in a file, module-level or inside a function,
-relative or absolute), so a function-level import cannot hide it the way it hides from Python.
+utils), a top-level module (runner, config_checks, preflight, budget, config, naming, grid, ...), or the
+Hydra plugins under src/hydra_plugins (one room). The layering they keep is utils/data/rewards at the
+bottom, models and evaluation above them, methods above those, jobs above methods, and runner/preflight on
+top. A cycle between rooms means one of them reaches up: it is found statically here (every `import` /
+`from ... import` in a file, module-level or inside a function, relative or absolute, and every
+`importlib.import_module` of a name the code spells out, `f"{__package__}.methods.{name}"` included), so
+neither a function-level import nor a load by name can hide it the way they hide from Python.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "othink_mr1"
 NAME = PACKAGE.name
+PLUGINS = PACKAGE.parent / "hydra_plugins"
+PLUGIN_ROOM = "hydra_plugins"
 
 # Known cycles tolerated while they are being removed: (importing room, imported room) -> why. The
 # cycle test drops these edges and fails on any other cycle; the stale test fails once an entry no
@@ -29,12 +33,17 @@ Edges = dict[tuple[str, str], list[str]]
 
 
 def room_of(parts: list[str]) -> str | None:
-    """The room of a dotted module path inside the package (None outside it, or for the package itself)."""
+    """The room of a dotted module path inside the project (None outside it, or for the package itself)."""
+    if parts and parts[0] == PLUGIN_ROOM:
+        return PLUGIN_ROOM
     return parts[1] if len(parts) > 1 and parts[0] == NAME else None
 
 
 def imported_modules(node: ast.AST, package: list[str]) -> list[list[str]]:
-    """The dotted paths an import statement names, relative ones resolved against `package`."""
+    """The dotted paths an import statement (or an importlib.import_module call) names, relative ones
+    resolved against `package`."""
+    if isinstance(node, ast.Call):
+        return [loaded] if (loaded := loaded_by_name(node, package)) else []
     if isinstance(node, ast.Import):
         return [alias.name.split(".") for alias in node.names]
     if not isinstance(node, ast.ImportFrom):
@@ -45,11 +54,34 @@ def imported_modules(node: ast.AST, package: list[str]) -> list[list[str]]:
     return [module + [alias.name] for alias in node.names] if module == [NAME] else [module]
 
 
-def room_edges(package_dir: Path = PACKAGE) -> Edges:
+def loaded_by_name(call: ast.Call, package: list[str]) -> list[str] | None:
+    """The module path an `importlib.import_module(...)` call names, as far as the code spells it out: a
+    string, or an f-string's text up to its first value other than `__package__` (which is `package`)."""
+    func = call.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    if name != "import_module" or not call.args:
+        return None
+    arg, text = call.args[0], ""
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        text = arg.value
+    elif isinstance(arg, ast.JoinedStr):
+        for part in arg.values:
+            if isinstance(part, ast.Constant):
+                text += str(part.value)
+            elif isinstance(part, ast.FormattedValue) and isinstance(part.value, ast.Name) and part.value.id == "__package__":
+                text += ".".join(package)
+            else:
+                text = text.rsplit(".", 1)[0] if "." in text else ""  # the spelled-out part: whole names only
+                break
+    return [p for p in text.split(".") if p] or None
+
+
+def room_edges(package_dir: Path = PACKAGE, plugins_dir: Path | None = PLUGINS) -> Edges:
     """(importing room, imported room) -> the `file:line`s of the imports that make that edge."""
     edges: Edges = defaultdict(list)
-    for path in sorted(package_dir.rglob("*.py")):
-        parts = list(path.relative_to(package_dir.parent).with_suffix("").parts)
+    paths = sorted(package_dir.rglob("*.py")) + (sorted(plugins_dir.rglob("*.py")) if plugins_dir else [])
+    for path in paths:
+        parts = list(path.relative_to(package_dir.parent).with_suffix("").parts)  # the plugins sit beside the package
         package = parts[:-1]  # for __init__.py too: its own package is the one it initialises
         source = room_of(parts) or "__init__"
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -126,10 +158,26 @@ def test_the_scanner_sees_function_level_and_relative_imports(tmp_path):
     (pkg / "low" / "a.py").write_text("def f():\n    from ..high import b\n")
     (pkg / "high" / "b.py").write_text(f"import {NAME}.low.a\n")
     (pkg / "top.py").write_text("from . import low\n")
-    edges = room_edges(pkg)
+    edges = room_edges(pkg, None)
     assert edges[("low", "high")] == [f"{tmp_path.name}/{NAME}/low/a.py:2"]
     assert set(edges) == {("low", "high"), ("high", "low"), ("top", "low")}
     assert cyclic_groups(edges) == [{"high", "low"}]
+
+
+def test_the_scanner_sees_loads_by_name_and_the_hydra_plugins(tmp_path):
+    pkg = tmp_path / NAME
+    (pkg / "methods").mkdir(parents=True)
+    (pkg / "config.py").write_text("import importlib\n\ndef find(name):\n"
+                                   "    return importlib.import_module(f'{__package__}.methods.{name}_method')\n")
+    (pkg / "methods" / "a_method.py").write_text("from ..config import find\n")
+    plugins = tmp_path / PLUGIN_ROOM / "sweeper"
+    plugins.mkdir(parents=True)
+    (plugins / "s.py").write_text(f"from {NAME}.methods import a_method\n")
+    (pkg / "methods" / "b.py").write_text(f"def f():\n    import {PLUGIN_ROOM}.sweeper.s\n")
+    edges = room_edges(pkg, tmp_path / PLUGIN_ROOM)
+    assert edges[("config", "methods")] == [f"{tmp_path.name}/{NAME}/config.py:4"]
+    assert set(edges) == {("config", "methods"), ("methods", "config"), (PLUGIN_ROOM, "methods"), ("methods", PLUGIN_ROOM)}
+    assert sorted(map(sorted, cyclic_groups(edges))) == [["config", PLUGIN_ROOM, "methods"]]
 
 
 def test_report_modules_import_no_torch():

@@ -128,9 +128,12 @@ def test_grpo_sft_and_eval_run_on_every_preset_from_its_published_files(preset, 
     differ within groups takes 2 real steps, SFT 2 steps, evaluation scores every item; results.json
     records how a reply ends and what stops generation."""
     how, end, stops, _ = FACTS[preset]
-    grpo = run(preset_cfg(preset, tmp_path / "grpo", *VARYING))
+    # 2 prompts x G=2 per GRPO step, 2 samples per SFT step: the presets' real image sizes (up to 3699 image
+    # tokens a prompt) make each sequence cost a full vision pass on the plain path.
+    grpo = run(preset_cfg(preset, tmp_path / "grpo", *VARYING, "method.prompts_per_step=2", "method.batch_size=2",
+                          "method.num_generations=2"))
     assert grpo["train"]["steps"] == 2 and grpo["train"]["skipped_steps"] == 0
-    sft = run(preset_cfg(preset, tmp_path / "sft", "method=sft"))
+    sft = run(preset_cfg(preset, tmp_path / "sft", "method=sft", "method.batch_size=2"))
     assert sft["train"]["steps"] == 2
     evaluation = run(preset_cfg(preset, tmp_path / "eval", "mode=eval"))
     for results in (grpo, sft, evaluation):

@@ -298,7 +298,7 @@ def test_an_unfinished_run_from_before_sweep_keys_is_named_from_its_config(smoke
     the identity results.json would have given it (one run_identity for both)."""
     import yaml
 
-    from othink_mr1.config import run_identity
+    from othink_mr1.naming import run_identity
 
     _, shared = smoke_grid
     cell = tmp_path / "counting_grpo_d_tiny_seed1"

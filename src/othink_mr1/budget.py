@@ -11,22 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from .config import find_method
-
-
-def world_size(trainer_cfg: Any) -> int:
-    """Processes a Trainer with this config will run."""
-    devices = trainer_cfg.devices
-    if isinstance(devices, int):
-        n = devices if devices > 0 else max(1, torch.cuda.device_count())
-    elif isinstance(devices, str):
-        n = len([d for d in devices.split(",") if d.strip()]) if "," in devices else (
-            int(devices) if devices.isdigit() else max(1, torch.cuda.device_count()))
-    else:
-        n = len(devices)
-    return n * trainer_cfg.num_nodes
+from .methods.registry import find_method
+from .utils.distributed import world_size
 
 
 @dataclass

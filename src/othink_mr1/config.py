@@ -8,17 +8,13 @@ any data is loaded or any model is built.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 from .rewards.scorers import PROTOCOLS  # pure Python: no torch at config time
-from .utils.errors import ConfigError
 
 # Name sets checked when the config is composed: an unknown name fails there, and OmegaConf's message
 # names the key and lists the valid names. Members are strings (`cfg.eval.protocol == "r1v"`).
@@ -428,101 +424,3 @@ class Config:
     sweep: str = ""
     # Read by sweeps only: `seeds=3` runs seeds 1..3, `seeds=1,5` runs those seeds.
     seeds: Any = None
-
-
-# ------------------------------------------------------------------------------------------ methods
-
-# Method <name> declares its descriptor (methods/method.py: Method) as METHOD in methods/<name>_method.py.
-METHODS_DIR = Path(__file__).parent / "methods"
-DESCRIPTOR_SUFFIX = "_method"
-
-
-def method_names() -> list[str]:
-    """Every method this checkout has, from its descriptor modules' file names (nothing imported)."""
-    return sorted(p.stem[: -len(DESCRIPTOR_SUFFIX)] for p in METHODS_DIR.glob(f"*{DESCRIPTOR_SUFFIX}.py"))
-
-
-def find_method(name: str) -> Any:
-    """The descriptor of method `name`, looked up by name as Hydra resolves a `_target_`: config sits below
-    methods/ and never imports it; the descriptor modules are torch-free and import only downwards. An
-    unknown name is a ConfigError listing the known ones."""
-    if name not in method_names():
-        raise ConfigError(f"method.name='{name}': expected one of {method_names()}")
-    return importlib.import_module(f"{__package__}.methods.{name}{DESCRIPTOR_SUFFIX}").METHOD
-
-
-def register_configs() -> None:
-    """Store the schemas so the YAML options can name them in their defaults lists."""
-    cs = ConfigStore.instance()
-    cs.store(name="schema_config", node=Config)
-    # In a group of their own, not in the groups they type, so `task=<typo>` lists only real options.
-    for name, node in (("task", TaskConfig), ("model", ModelConfig), ("kl_none", KLConfig),
-                       ("kl_constant", ConstantKLConfig), ("kl_grpo_d", GRPODKLConfig), ("kl_linear", LinearKLConfig),
-                       ("kl_cosine", CosineKLConfig), ("kl_step", StepKLConfig), ("kl_adaptive", AdaptiveKLConfig),
-                       ("trainer", TrainerConfig), ("logger", LoggerConfig), ("paths", PathsConfig), ("eval", EvalConfig)):
-        cs.store(group="schema", name=name, node=node)
-    from hydra.utils import get_object
-
-    for name in method_names():  # each method names its own schema (`- /schema/<method>@_here_`)
-        schema = find_method(name).schema
-        if schema is not None:
-            cs.store(group="schema", name=name, node=get_object(schema))
-    _register_resolvers()
-
-
-def _suffix(value: Any) -> str:
-    """`${suffix:${tag}}` -> "" for an empty tag, "_<tag>" otherwise."""
-    text = "" if value is None else str(value)
-    return f"_{text}" if text else ""
-
-
-def method_tag(method: str, kl: str) -> str:
-    """The method as run names, results and tables show it: its descriptor's tag for this KL schedule
-    (sft; grpo_d, grpo or grpo_kl-<schedule>: methods/grpo_method.py). A method this checkout lacks (an
-    old run's, read by the report) keeps its name."""
-    return find_method(method).tag(kl) if method in method_names() else method
-
-
-def run_identity(cfg: Any) -> dict[str, Any]:
-    """What a run is, as results.json, error.json, the wandb config and the report name it: the same
-    keys everywhere, so a report built from run directories and one built from wandb agree. `cfg` is
-    the composed config or a run's config.yaml loaded as a dict (older ones may lack `sweep`/`cell`)."""
-    train = cfg.get("mode") == "train"
-    section = lambda key: cfg.get(key) or {}  # noqa: E731
-    return {
-        "run_name": cfg.get("run_name"), "sweep": cfg.get("sweep") or None, "cell": cfg.get("cell") or None,
-        "mode": cfg.get("mode"), "task": section("task").get("name") if train else None,
-        "method": method_tag(section("method").get("name"), section("kl").get("name")) if train else None,
-        "kl": section("kl").get("name") if train else None, "model": section("model").get("name"),
-        "seed": cfg.get("seed"), "tag": cfg.get("tag") or None,
-    }
-
-
-def _ckpt_tag(value: Any) -> str:
-    """A short, path-free label for a checkpoint, used in eval-mode run names."""
-    if value in (None, ""):
-        return ""
-    p = Path(str(value))
-    # outputs/runs/<run>/checkpoints/last.ckpt -> <run>-last ; a model folder -> its name.
-    if p.suffix == ".ckpt" and p.parent.name == "checkpoints":
-        return f"_{p.parent.parent.name}-{p.stem}"
-    return f"_{p.stem if p.suffix else p.name}"
-
-
-def _path_name(value: Any) -> str:
-    """A model's label from its hub id or folder: the last path component (Qwen/Qwen2-VL-2B-Instruct ->
-    Qwen2-VL-2B-Instruct), so run names say which model ran without holding a path."""
-    return str(value).rstrip("/").replace("\\", "/").rsplit("/", 1)[-1] if value not in (None, "") else "pretrained"
-
-
-def _split_tag(split: Any) -> str:
-    """Run names of runs scored on the validation split end in _validation (test runs keep their names), so
-    a tuning run never takes, or skips as finished, the directory of the run it tunes for."""
-    return "" if str(split) == "test" else f"_{split}"
-
-
-def _register_resolvers() -> None:
-    for name, fn in (("suffix", _suffix), ("ckpt_tag", _ckpt_tag), ("method_tag", method_tag), ("path_name", _path_name),
-                     ("split_tag", _split_tag)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)

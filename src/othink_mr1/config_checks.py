@@ -9,14 +9,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .budget import world_size
 from .data.synthetic.counting import CELL, MAX_OBJECTS
 from .data.records import ON_BAD_ROW
 from .data.tasks import SOURCES
-from .config import find_method
+from .methods.registry import find_method
 from .methods.method import config_error
 from .methods.lr_schedules import check_lr_schedule
 from .rewards.scorers import SCORERS
+from .utils.distributed import world_size
 from .utils.errors import ConfigError
 
 MODEL_SOURCES = ("tiny", "tiny_base", "pretrained")

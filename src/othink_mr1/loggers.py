@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from .config import run_identity
+from .naming import run_identity
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,16 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from .budget import Budget, budget_line, train_budget
 from .config_checks import check_config
-from .config import find_method, run_identity
 from .data.datamodule import VLMDataModule
 from .data.records import BadRows, DataError, row_label
 from .evaluation.curve import TrainingCurve, check_curve_points, curves_enabled, format_curve
 from .evaluation.harness import EvalSpec, effective_max_new_tokens, format_table
 from .loggers import build_loggers, wandb_closed, write_wandb_summary
+from .methods.registry import find_method
 from .methods.evaluation_module import EvaluationModule
 from .models.export import export_model
 from .models.factory import processor_info
+from .naming import run_identity
 from .preflight import preflight
 from .utils.errors import ConfigError
 from .utils.quiet import quiet_third_party

@@ -58,22 +58,11 @@ from hydra.core.utils import JobStatus
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from othink_mr1 import grid
+
 log = logging.getLogger(__name__)
 
 MAX_EXIT_CODE = 100
-
-
-def seed_values(values: List[str]) -> List[str]:
-    """`seeds=3` -> 1, 2, 3; `seeds=1,5` (a sweep) -> 1, 5."""
-    if len(values) == 1:
-        try:
-            count = int(values[0])
-        except ValueError:
-            raise HydraException(f"seeds={values[0]}: expected a number of seeds or a list (seeds=1,5)") from None
-        if count < 1:
-            raise HydraException(f"seeds={count}: must be at least 1")
-        return [str(s) for s in range(1, count + 1)]
-    return values
 
 
 TUNE_DIR = "tune"
@@ -108,6 +97,8 @@ def scheduler_logs(config: DictConfig, job: Any) -> Optional[str]:
     root = Path(str(folder).split("%j", 1)[0])
     found = sorted(root.glob(f"**/{job_id}_*_log.err"))
     return ", ".join(str(f) for f in found) or None
+
+
 TUNING_FILE = "tuning.json"
 
 
@@ -161,38 +152,11 @@ class CellSweeper(BasicSweeper):
                 "choices": str(choices) if choices else None}
 
     def axes(self, overrides: List[Override]) -> "OrderedDict[str, List[str]]":
-        """Each swept key's `key=value` strings, in order; a later override of a key replaces it."""
-        axes: "OrderedDict[str, List[str]]" = OrderedDict()
-        for override in overrides:
-            key = override.get_key_element()
-            if override.is_sweep_override():
-                if not override.is_discrete_sweep():
-                    raise HydraException(f"{key}: {type(self).__name__} takes lists and ranges, not intervals")
-                values = [str(v) for v in override.sweep_string_iterator()]
-            else:
-                values = [override.get_value_element_as_str()]
-            if key == "seeds":
-                key, values = "seed", seed_values(values)
-            axes[key] = [f"{key}={v}" for v in values]
-        return axes
+        return grid.axes(overrides)
 
     def jobs(self, overrides: List[Override]) -> List[List[str]]:
-        """Every (axes combination) x (cell) job, row zero once, duplicates dropped, order kept."""
-        axes = self.axes(overrides)
-        first_task = axes["task"][0] if "task" in axes else None
-        jobs, seen = [], set()
-        for combo in itertools.product(*axes.values()):
-            for name, cell in self.cells.items():
-                job = list(combo)
-                if "mode=eval" in cell:
-                    job = [o for o in job if not o.startswith(("seed=", "task="))]
-                    if first_task:
-                        job.insert(0, first_task)
-                job = job + cell + [f"cell={name}"]
-                if tuple(job) not in seen:
-                    seen.add(tuple(job))
-                    jobs.append(job)
-        return jobs
+        """Every (axes combination) x (cell) job, row zero once (othink_mr1.grid)."""
+        return grid.jobs(grid.axes(overrides), self.cells)
 
     def split_arguments(self, overrides: List[Override], max_batch_size: Optional[int]) -> List[List[List[str]]]:
         if self.tune and self.tune["choices"]:

@@ -26,7 +26,7 @@ def budget_line(m: Any, b: Any, run: str, kl_name: str) -> str:
 
 def check(cfg: Any) -> None:
     """GRPO's batch geometry and sampling settings: everything must divide before a step is taken."""
-    from ..budget import world_size
+    from ..utils.distributed import world_size
     from ..rewards.grpo_rewards import check_reward_names
     from .grpo_loss import check_aggregation
     from .kl_schedules import build_kl_schedule

@@ -2,11 +2,12 @@
 and run names, so that none of them names a method.
 
 Method `<name>` (method.name, set by conf/method/<name>.yaml) declares `METHOD`, a `Method`, in
-`methods/<name>_method.py`, beside its LightningModule; config.find_method finds it by that name. These
-descriptor modules stay torch-free and import nothing above utils/ at module level: config.py (below
-methods/ in the rooms' layering) reads a method's tag and schema from them, and the report, which never
-loads torch, reads run names through config. What needs more (the LightningModule, the collator, the
-owners of the checks) they import when a run calls for it. Adding a method adds files and edits none.
+`methods/<name>_method.py`, beside its LightningModule; methods/registry.find_method finds it by that name.
+These descriptor modules stay torch-free and import nothing above utils/ at module level: run naming
+(naming.py) reads a method's tag from them, the config registration (hydra_setup.py) its schema, and the
+report, which never loads torch, reads run names through naming. What needs more (the LightningModule, the
+collator, the owners of the checks) they import when a run calls for it. Adding a method adds files and
+edits none.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..config import run_identity
+from ..naming import run_identity
 from ..evaluation.metrics import CURVE_POINT_METRICS
 from ..utils.errors import ConfigError
 
@@ -155,14 +155,9 @@ def planned_cells(sweep_dir: Path) -> list[dict[str, Any]]:
     sweeper = hydra.get("sweeper") or {}
     if not sweeper.get("cells"):
         return []
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from ..grid import planned_jobs
 
-    from hydra_plugins.othink_mr1_sweeper.cell_sweeper import CellSweeper
-
-    # The sweep's own params, then the command line's overrides (seeds=..., task axes).
-    args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    args += [o for o in hydra.get("overrides", {}).get("task", []) if o.split("=")[0] in ("task", "seed", "seeds")]
-    jobs = CellSweeper(params=None, cells=sweeper["cells"]).jobs(OverridesParser.create().parse_overrides(args))
+    jobs = planned_jobs(sweeper, hydra.get("overrides", {}).get("task", []))
     out = []
     for job in jobs:
         values = dict(o.split("=", 1) for o in job)

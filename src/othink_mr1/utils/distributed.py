@@ -20,6 +20,19 @@ from .errors import ConfigError
 DEEPSPEED_STRATEGIES = ("deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_2_offload", "deepspeed_stage_3_offload")
 
 
+def world_size(trainer_cfg: Any) -> int:
+    """Processes a Trainer with this config will run."""
+    devices = trainer_cfg.devices
+    if isinstance(devices, int):
+        n = devices if devices > 0 else max(1, torch.cuda.device_count())
+    elif isinstance(devices, str):
+        n = len([d for d in devices.split(",") if d.strip()]) if "," in devices else (
+            int(devices) if devices.isdigit() else max(1, torch.cuda.device_count()))
+    else:
+        n = len(devices)
+    return n * trainer_cfg.num_nodes
+
+
 def transformer_block_classes(model: torch.nn.Module, names: list[str] | None = None) -> set[type]:
     """Module classes to shard as FSDP units: `names`, or the model's own `_no_split_modules`
     (Qwen2-VL: its decoder layers and ViT blocks)."""
