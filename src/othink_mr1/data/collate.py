@@ -434,11 +434,15 @@ class SFTCollator:
 
     def __post_init__(self) -> None:
         self.reply_end = reply_end(self.processor)
-        self.end = self.reply_end.text
         tok = self.processor.tokenizer
         # No pad token is rare among chat models; padded positions are masked out whatever they hold.
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self.image_token_id = image_token_id(self.processor)
+
+    @property
+    def end(self) -> str:
+        """The text after each reply's target (the template's closing token, or the eos appended)."""
+        return self.reply_end.text
 
     def __call__(self, examples: list[Example]) -> dict[str, Any]:
         texts = [prompt_text(self.processor, self.template, ex.question, len(ex.images)) for ex in examples]

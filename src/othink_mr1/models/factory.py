@@ -114,9 +114,10 @@ def load_local(folder: str | Path, dtype: str = "float32", attn_implementation: 
 def check_stop_ids(path: str, model: Any, tokenizer: Any) -> None:
     """Every id generation stops at (generation_config.json's eos_token_id) must be a token of the
     tokenizer: an id it lacks would never be sampled as the end, and a reply would never stop."""
-    listed = getattr(model.generation_config, "eos_token_id", None)
-    for token_id in [] if listed is None else [listed] if isinstance(listed, int) else list(listed):
-        token = tokenizer.convert_ids_to_tokens(int(token_id)) if 0 <= int(token_id) < len(tokenizer) else None
+    from .rollouts import generation_eos_ids
+
+    for token_id in generation_eos_ids(model):
+        token = tokenizer.convert_ids_to_tokens(token_id) if 0 <= token_id < len(tokenizer) else None
         if token is None:
             raise ModelError(f"model '{path}': generation_config.json eos_token_id lists {token_id}, which the tokenizer "
                              f"({len(tokenizer)} tokens) does not have; generation would never stop at it")

@@ -45,12 +45,17 @@ def suppressed_token_ids(processor: Any) -> list[int]:
     return sorted(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id)
 
 
+def generation_eos_ids(model: Any) -> list[int]:
+    """The ids of the model's generation config `eos_token_id` (an int, a list or none)."""
+    listed = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return [] if listed is None else [int(listed)] if isinstance(listed, int) else [int(i) for i in listed]
+
+
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """Every token that ends a completion, in evaluation and in sampling alike: the ids of the model's
     generation config (`eos_token_id`, an int or a list: Qwen2-VL's hub config lists <|im_end|> and
     <|endoftext|>) and then the tokenizer's end-of-turn token, each once."""
-    listed = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = [] if listed is None else [listed] if isinstance(listed, int) else list(listed)
+    ids = generation_eos_ids(model)
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return list(dict.fromkeys(int(i) for i in ids))

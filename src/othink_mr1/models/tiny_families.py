@@ -218,9 +218,24 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def random_model(config: Any, seed: int) -> Any:
+    """An image-text model of `config` with random weights seeded by `seed`, without touching the global RNG.
+    Some families start a projector at zero (Gemma 3's mm_input_projection_weight): the image would reach
+    the language model as nothing and no gradient would reach the vision tower, so zero matrices are drawn."""
+    from transformers import AutoModelForImageTextToText
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config)
+        for param in model.parameters():
+            if param.dim() >= 2 and not param.any():
+                torch.nn.init.normal_(param, std=0.02)
+    return model
+
+
 def build_tiny_family(family: str, folder: str | Path, seed: int = 0) -> Path:
     """Write a tiny random-weight `family` model with its tokenizer and processor files to `folder`."""
-    from transformers import AutoModelForImageTextToText, GenerationConfig
+    from transformers import GenerationConfig
 
     if family not in FAMILIES:
         raise ValueError(f"no tiny builder for family '{family}'; available: {sorted(FAMILIES)}")
@@ -236,14 +251,7 @@ def build_tiny_family(family: str, folder: str | Path, seed: int = 0) -> Path:
     ids = {t: i for t, i in tokenizer.get_vocab().items() if t.startswith("<")}
     ids["vocab"] = len(tokenizer)
     config = spec.build_config(ids)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config)
-        # Some families start a projector at zero (Gemma 3's mm_input_projection_weight): the image would
-        # reach the language model as nothing and no gradient would reach the vision tower.
-        for param in model.parameters():
-            if param.dim() >= 2 and not param.any():
-                torch.nn.init.normal_(param, std=0.02)
+    model = random_model(config, seed)
     eos = [tokenizer.convert_tokens_to_ids(spec.eos_token)]
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
                                                bos_token_id=ids.get(spec.bos_token) if spec.bos_token else None)

@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
+from .tiny_families import random_model
 
 # Bump when the build's output changes, so cached folders are rebuilt rather than reused.
 PUBLISHED_BUILD_VERSION = 1
@@ -152,11 +152,13 @@ def stand_ins(published: Path, overlay: dict[str, Any], staging: Path) -> dict[s
 
 def build_from_published(published: str | Path, overlay: dict[str, Any], folder: str | Path, seed: int = 0) -> Path:
     """Write the tiny build of the checkpoint whose small files are in `published` to `folder`."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedTokenizerFast
+    from transformers import AutoConfig, PreTrainedTokenizerFast
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    # Staged apart, then copied in last: the tokenizer's and the model's save_pretrained write files of the
+    # same names (tokenizer_config.json, generation_config.json), which the published copies replace.
     manifest = stand_ins(Path(published), overlay, folder / ".small_files")
     published = folder / ".small_files"
 
@@ -199,14 +201,7 @@ def build_from_published(published: str | Path, overlay: dict[str, Any], folder:
                                        indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             manifest["tokenizer_config.json"] += ", with the overlay's tokenizer_settings"
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForImageTextToText.from_config(config)
-        # Some families start a projector at zero (Gemma 3's mm_input_projection_weight): the image would
-        # reach the language model as nothing and no gradient would reach the vision tower.
-        for param in model.parameters():
-            if param.dim() >= 2 and not param.any():
-                torch.nn.init.normal_(param, std=0.02)
+    model = random_model(config, seed)
     model.save_pretrained(folder)
     manifest["model.safetensors"] = f"built here: random weights, seed {seed}"
     if not (published / "generation_config.json").is_file():
