@@ -94,6 +94,7 @@ def main() -> None:
 
     from othink_mr1.data.records import BadRows
     from othink_mr1.data.tasks import load_split
+    from othink_mr1.results import read as read_results
 
     base = compose()
     work = Path(tempfile.mkdtemp(prefix="data_faults_"))
@@ -136,12 +137,12 @@ def main() -> None:
     error_ok = (error["exit_code"] == 2 and f"{train}, line {first_line}:" in error["stderr_last_line"]
                 and not (error["run_dir"] / "checkpoints").exists() and not (error["run_dir"] / "results.json").exists())
     listed = [json.loads(line) for line in (skip["run_dir"] / "bad_rows.jsonl").read_text().splitlines()]
-    results = json.loads((skip["run_dir"] / "results.json").read_text())
+    results = read_results(skip["run_dir"])
     listed_train = {r["line"] for r in listed if r["split"] == "clevr_count train"}
     listed_test = {r["line"] for r in listed if r["split"] == "clevr_count test"}
     skip_ok = (skip["exit_code"] == 0 and listed_train == set(train_bad) and listed_test == set(test_bad)
-               and results["data"]["skipped_rows"] == {"clevr_count train": len(train_bad), "clevr_count test": len(test_bad)}
-               and results["after"]["clevr_count"]["n"] == len(test_rows) - len(test_bad)
+               and results.data["skipped_rows"] == {"clevr_count train": len(train_bad), "clevr_count test": len(test_bad)}
+               and results.after["clevr_count"]["n"] == len(test_rows) - len(test_bad)
                and loaded == {"train": len(train_rows) - len(train_bad), "test": len(test_rows) - len(test_bad)})
     by_fault = {fault: sum(f == fault for f in (*train_bad.values(), *test_bad.values())) for fault in FAULTS}
     out = {
@@ -154,8 +155,8 @@ def main() -> None:
                        "stopped_before_training_naming_the_first_line": error_ok},
         "skip_mode": {"exit_code": skip["exit_code"], "seconds": skip["seconds"],
                       "listed": {"train": len(listed_train), "test": len(listed_test)},
-                      "skipped_rows": results["data"]["skipped_rows"], "eval_n": results["after"]["clevr_count"]["n"],
-                      "train_steps": results["train"]["steps"], "listed_exactly_the_injected_rows": skip_ok},
+                      "skipped_rows": results.data["skipped_rows"], "eval_n": results.after["clevr_count"]["n"],
+                      "train_steps": results.train["steps"], "listed_exactly_the_injected_rows": skip_ok},
         # Undamaged rows the skip run did not train or score on (must be 0).
         "good_rows_lost": (len(train_rows) - len(train_bad) - loaded["train"]) + (len(test_rows) - len(test_bad) - loaded["test"]),
     }

@@ -33,7 +33,9 @@ def main() -> None:
 
     from test_hostile_completions import HOSTILE, PIECES
 
-    from othink_mr1.rewards.scorers import PROTOCOLS, format_ok, get_scorer
+    from othink_mr1.rewards.base import PROTOCOLS
+    from othink_mr1.rewards.format import format_ok
+    from othink_mr1.rewards.scorers import get_scorer
 
     rng = random.Random(0)
     generated = ["".join(rng.choice(PIECES) for _ in range(rng.randint(0, 60))) for _ in range(args.generated)]

@@ -134,6 +134,22 @@ def tiny(tmp_path_factory):
     return load_model(cfg.model, str(CACHE))
 
 
+@pytest.fixture
+def bare_wandb_env(monkeypatch, tmp_path):
+    """No WANDB_MODE, no API key, an empty netrc: a fresh machine that never ran `wandb login`."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    empty = tmp_path / "netrc"
+    empty.write_text("")
+    monkeypatch.setenv("NETRC", str(empty))
+    from othink_mr1.loggers import resolve_wandb_mode
+
+    resolve_wandb_mode.cache_clear()
+    yield
+    resolve_wandb_mode.cache_clear()
+
+
 def run_smoke_sweep(out: Path, *args: str, env: dict[str, str] | None = None) -> "subprocess.CompletedProcess":
     """`python run.py sweeps=smoke ARGS` in a subprocess, its outputs under `out` (`env`: extra variables)."""
     import subprocess
@@ -152,6 +168,69 @@ def smoke_grid(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
     process = run_smoke_sweep(out, "logger=wandb")
     return process, out / "sweeps" / "smoke"
+
+
+# ------------------------------------------------------------------------------------------ the tiers
+# tests/e2e/ holds every test that starts a job (runner.run, the tiny_base build), a Trainer fit or
+# validate, a subprocess or a process: all marked slow, so `make test-fast` (-m "not slow") runs none.
+# Everywhere else these are refused while a test (its fixtures included) runs, so the fast tier stays
+# job-free as tests are added.
+E2E = Path(__file__).resolve().parent / "e2e"
+_running: list[str | None] = [None]  # the node id of the test running outside tests/e2e, if any
+
+
+class JobOutsideE2E(AssertionError):
+    """A test outside tests/e2e started a job, a fit, a subprocess or a process."""
+
+
+def in_e2e(item) -> bool:
+    return E2E in Path(str(item.fspath)).resolve().parents
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if in_e2e(item):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _running[0] = None if in_e2e(item) else item.nodeid
+    try:
+        yield
+    finally:
+        _running[0] = None
+
+
+def _refused_outside_e2e(owner, name: str, what: str) -> None:
+    import functools
+
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def guarded(*args, **kwargs):
+        if _running[0] is not None:
+            raise JobOutsideE2E(f"{_running[0]} {what}: a test that does so belongs in tests/e2e/ (the slow tier)")
+        return original(*args, **kwargs)
+
+    setattr(owner, name, guarded)
+
+
+def pytest_configure(config):
+    import multiprocessing.process
+    import subprocess
+
+    import pytorch_lightning as pl
+
+    from othink_mr1 import runner
+    from othink_mr1.jobs import tiny_base
+
+    _refused_outside_e2e(subprocess.Popen, "__init__", "started a subprocess")
+    _refused_outside_e2e(multiprocessing.process.BaseProcess, "start", "started a process")
+    _refused_outside_e2e(pl.Trainer, "fit", "ran Trainer.fit")
+    _refused_outside_e2e(pl.Trainer, "validate", "ran Trainer.validate")
+    _refused_outside_e2e(runner, "run", "ran a job (runner.run)")
+    _refused_outside_e2e(tiny_base, "build_tiny_base", "built tiny_base (a training job)")
 
 
 def pytest_addoption(parser):

@@ -6,21 +6,17 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from conftest import compose_config
+from support.prefix_sharing import prompt_batch
 
-from othink_mr1 import preflight as preflight_module
 from othink_mr1.budget import budget_line, train_budget
 from othink_mr1.data import sampling
 from othink_mr1.data.collate import PromptCollator, SFTCollator
 from othink_mr1.data.records import DataError
 from othink_mr1.data.tasks import TaskSplit
-from othink_mr1.methods.grpo import GRPOModule
 from othink_mr1.preflight import PreflightError, check_processors
-from othink_mr1.runner import run
 from othink_mr1.utils.distributed import build_strategy
 from othink_mr1.utils.errors import ConfigError
-from test_prefix_sharing import prompt_batch
 
 
 def test_a_reply_end_that_does_not_stop_generation_fails_sft_only(tmp_path):
@@ -28,6 +24,7 @@ def test_a_reply_end_that_does_not_stop_generation_fails_sft_only(tmp_path):
     tokenizer stop on something else would never stop after SFT. Evaluation and GRPO never train a
     reply's end, so nothing is checked for them."""
     from conftest import family_folder
+
     from othink_mr1.data.collate import SFTCollator
     from othink_mr1.models.factory import load_local
     from othink_mr1.preflight import check_reply_end
@@ -64,29 +61,13 @@ def test_a_processor_whose_max_pixels_disagrees_with_evaluation_fails(tiny):
         check_processors(cfg.model, model, merged, {})
 
 
-def test_an_evaluation_processor_that_disagrees_stops_the_run_before_training(tmp_path, monkeypatch):
-    steps = []
-    monkeypatch.setattr(GRPOModule, "training_step", lambda self, batch, idx: steps.append(idx))
-    original = preflight_module.preflight
-
-    def eval_with_another_budget(model_cfg, model, train_loader, eval_loaders):
-        bent = copy.deepcopy(eval_loaders["geometry"].collate_fn.processor)
-        bent.image_processor.size = {**dict(bent.image_processor.size), "longest_edge": 99999}
-        eval_loaders["geometry"].collate_fn.processor = bent
-        return original(model_cfg, model, train_loader, eval_loaders)
-
-    monkeypatch.setattr("othink_mr1.runner.preflight", eval_with_another_budget)
-    with pytest.raises(PreflightError, match="evaluation on 'geometry' would use max_pixels=99999"):
-        run(compose_config(["model=tiny"], output_dir=tmp_path))
-    assert steps == []
-
-
 def test_a_sample_whose_image_tokens_do_not_match_fails_naming_it(tiny):
     processor = tiny[1]
     batch = prompt_batch(processor, "counting", n=2)
     assert batch["input_ids"].shape[0] == 2  # well-formed prompts pass
     task = compose_config(["task=counting"]).task
     from conftest import CACHE
+
     from othink_mr1.data.tasks import load_split
 
     split = TaskSplit(task, "train", load_split(task, "train", str(CACHE)))
@@ -106,30 +87,6 @@ def test_a_sample_whose_image_tokens_do_not_match_fails_naming_it(tiny):
     with pytest.raises(DataError, match=r"geometry test item 0: the prompt holds 15 image tokens but its 1x8x8 patch grid "
                                         r"gives 16 image features \(merge 2x2\)"):
         check_image_tokens(processor, short, [good], "geometry test")
-
-
-def test_a_poisoned_training_set_fails_before_step_one(tmp_path, monkeypatch):
-    steps = []
-    monkeypatch.setattr(GRPOModule, "training_step", lambda self, batch, idx: steps.append(idx))
-    original = TaskSplit.__getitem__
-
-    def poisoned(self, index):
-        example = original(self, index)
-        if self.role == "train":
-            example.question += "<|image_pad|>"
-        return example
-
-    monkeypatch.setattr(TaskSplit, "__getitem__", poisoned)
-    with pytest.raises(DataError, match=r"counting train item \d+: the prompt holds 2 image slots"):
-        run(compose_config(["model=tiny"], output_dir=tmp_path))
-    assert steps == []
-
-
-def test_devices_that_are_not_there_fail_before_loading_anything(tmp_path):
-    with pytest.raises(ConfigError, match="trainer.accelerator=gpu but no CUDA device is visible"):
-        run(compose_config(["model=tiny", "trainer=gpu", "trainer.accelerator=gpu"], output_dir=tmp_path))
-    with pytest.raises(ConfigError, match="trainer.accelerator=cuda but no CUDA device is visible"):
-        run(compose_config(["model=tiny", "trainer=ddp", "trainer.accelerator=cuda"], output_dir=tmp_path))
 
 
 @pytest.mark.parametrize("name", ["cpu", "gpu", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])

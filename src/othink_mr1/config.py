@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from .rewards.scorers import PROTOCOLS  # pure Python: no torch at config time
+from .rewards.base import DEFAULT_PROTOCOL, PROTOCOLS  # pure Python: no torch at config time
 
 # Name sets checked when the config is composed: an unknown name fails there, and OmegaConf's message
 # names the key and lists the valid names. Members are strings (`cfg.eval.protocol == "r1v"`).
@@ -52,7 +52,7 @@ class TaskConfig:
     """One task: where its train/test splits come from, how it is prompted and scored."""
 
     name: str = MISSING
-    # Which loader builds the splits: synthetic_counting | synthetic_geometry | r1v.
+    # Which loader builds the splits: r1v, or synthetic_<module> (the generator data/synthetic/<module>.py).
     source: str = MISSING
     # Scorer used by evaluation and rewards: counting | geometry.
     scorer: str = MISSING
@@ -256,55 +256,11 @@ class GRPOConfig(MethodConfig):
 
 @dataclass
 class KLConfig:
-    """KL-coefficient schedule for GRPO (`kl=`); `none` = no KL term and no reference model. The values
-    are stated in conf/kl/<name>.yaml."""
+    """KL-coefficient schedule for GRPO (`kl=`); `none` = no KL term and no reference model. Each
+    schedule's own fields are its `Config`, beside its class in methods/kl_schedules.py; the values are
+    stated in conf/kl/<name>.yaml."""
 
     name: str = MISSING
-
-
-@dataclass
-class ConstantKLConfig(KLConfig):
-    beta: float = MISSING
-
-
-@dataclass
-class GRPODKLConfig(KLConfig):
-    """OThink-MR1's dynamic KL: beta_mid -> beta_min over warmup_ratio of the steps, then -> beta_max."""
-
-    beta_min: float = MISSING
-    beta_max: float = MISSING
-    warmup_ratio: float = MISSING
-
-
-@dataclass
-class LinearKLConfig(KLConfig):
-    beta_start: float = MISSING
-    beta_end: float = MISSING
-
-
-@dataclass
-class CosineKLConfig(KLConfig):
-    beta_start: float = MISSING
-    beta_end: float = MISSING
-
-
-@dataclass
-class StepKLConfig(KLConfig):
-    # beta = values[i] from milestones[i-1] (a fraction of the run) on; values has one more entry.
-    milestones: list[float] = MISSING
-    values: list[float] = MISSING
-
-
-@dataclass
-class AdaptiveKLConfig(KLConfig):
-    """A proportional controller on the loss-term coefficient towards a target per-token KL."""
-
-    beta: float = MISSING
-    target: float = MISSING
-    # Optimizer steps over which a 20% KL error moves beta by about 20%.
-    horizon: int = MISSING
-    beta_min: float = MISSING
-    beta_max: float = MISSING
 
 
 # ------------------------------------------------------------------------------- the other groups
@@ -363,10 +319,10 @@ class EvalConfig:
     # Score the starting model before any training ("row zero").
     row_zero: bool = True
     write_completions: bool = True
-    # How answers are judged (rewards.scorers.PROTOCOLS): r1v, R1-V's evaluation and the paper's (parse the
+    # How answers are judged (rewards.base.PROTOCOLS): r1v, R1-V's evaluation and the paper's (parse the
     # whole output with math-verify), or normalized (the normalising answer-span geometry scorer). GRPO's
     # accuracy reward pays the same protocol's verdict.
-    protocol: ScoringProtocol = ScoringProtocol.r1v
+    protocol: ScoringProtocol = ScoringProtocol(DEFAULT_PROTOCOL)
     # Which split is scored: test (what results report) or validation (synthetic tasks only: items kept
     # apart from train and test, for tuning settings without looking at the test split).
     split: EvalSplit = EvalSplit.test

@@ -9,9 +9,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .data.synthetic.counting import CELL, MAX_OBJECTS
 from .data.records import ON_BAD_ROW
-from .data.tasks import SOURCES
+from .data.synthetic import SOURCE_PREFIX, generator
+from .data.tasks import task_sources
 from .methods.registry import find_method
 from .methods.method import config_error
 from .methods.lr_schedules import check_lr_schedule
@@ -96,8 +96,9 @@ def eval_task_configs(cfg: DictConfig, overrides: list[str] | None = None) -> di
 
 
 def check_task(task: Any, key: str) -> None:
-    if task.source not in SOURCES:
-        raise ConfigError(f"{key}.source='{task.source}': expected one of {list(SOURCES)}")
+    if task.source not in task_sources():
+        raise ConfigError(f"{key}.source='{task.source}': expected one of {task_sources()} (r1v, or synthetic_<module> "
+                          f"for a generator module data/synthetic/<module>.py)")
     if task.scorer not in SCORERS:
         raise ConfigError(f"{key}.scorer='{task.scorer}': expected one of {sorted(SCORERS)}")
     for field in ("prompt", "eval_prompt"):
@@ -106,11 +107,10 @@ def check_task(task: Any, key: str) -> None:
             raise ConfigError(f"{key}.{field} must contain '{{question}}' (where the question goes): {template!r}")
     if task.max_new_tokens < 1:
         raise ConfigError(f"{key}.max_new_tokens={task.max_new_tokens}: must be at least 1")
-    if task.source in ("synthetic_counting", "synthetic_counting_multi") and task.synthetic is not None:
-        # One object per 28px cell (a merged visual token): 10 objects need a 4x4 grid.
-        if (task.synthetic.image_size // CELL) ** 2 < MAX_OBJECTS:
-            raise ConfigError(f"{key}.synthetic.image_size={task.synthetic.image_size}: counting scenes of up to "
-                              f"{MAX_OBJECTS} objects need at least {4 * CELL}px")
+    hook = getattr(generator(task.source), "check_config", None) if task.source.startswith(SOURCE_PREFIX) else None
+    if hook is not None and task.synthetic is not None:
+        with config_error():  # the generator's own checks of its settings (e.g. counting's image size)
+            hook(task.synthetic, f"{key}.synthetic")
 
 
 def check_method(cfg: DictConfig) -> None:

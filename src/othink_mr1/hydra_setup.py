@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
 
-from .config import (AdaptiveKLConfig, Config, ConstantKLConfig, CosineKLConfig, EvalConfig, GRPODKLConfig, KLConfig,
-                     LinearKLConfig, LoggerConfig, ModelConfig, PathsConfig, StepKLConfig, TaskConfig, TrainerConfig)
+from .config import Config, EvalConfig, LoggerConfig, ModelConfig, PathsConfig, TaskConfig, TrainerConfig
+from .methods import kl_schedules
 from .methods.registry import find_method, method_names
 from .naming import register_resolvers
 
@@ -16,11 +16,11 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema_config", node=Config)
     # In a group of their own, not in the groups they type, so `task=<typo>` lists only real options.
-    for name, node in (("task", TaskConfig), ("model", ModelConfig), ("kl_none", KLConfig),
-                       ("kl_constant", ConstantKLConfig), ("kl_grpo_d", GRPODKLConfig), ("kl_linear", LinearKLConfig),
-                       ("kl_cosine", CosineKLConfig), ("kl_step", StepKLConfig), ("kl_adaptive", AdaptiveKLConfig),
-                       ("trainer", TrainerConfig), ("logger", LoggerConfig), ("paths", PathsConfig), ("eval", EvalConfig)):
+    for name, node in (("task", TaskConfig), ("model", ModelConfig), ("trainer", TrainerConfig),
+                       ("logger", LoggerConfig), ("paths", PathsConfig), ("eval", EvalConfig)):
         cs.store(group="schema", name=name, node=node)
+    for name, schedule in kl_schedules.KL_SCHEDULES.items():  # each KL schedule's schema, registered beside its class
+        cs.store(group="schema", name=f"kl_{name}", node=schedule.Config)
     from hydra.utils import get_object
 
     for name in method_names():  # each method names its own schema (`- /schema/<method>@_here_`)

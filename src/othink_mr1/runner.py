@@ -32,16 +32,11 @@ from .models.export import export_model
 from .models.factory import processor_info
 from .naming import run_identity
 from .preflight import preflight
+from .results import Results
+from .results import write as write_results
 from .utils.errors import ConfigError
 from .utils.quiet import quiet_third_party
-from .utils.run_dir import (
-    FINISHED_MARKER,
-    claim_run_dir,
-    config_differences,
-    record_resume,
-    write_json,
-    write_run_record,
-)
+from .utils.run_dir import claim_run_dir, config_differences, record_resume, write_run_record
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +278,7 @@ def train_record(trainer: pl.Trainer, module: Any, budget: Budget, seconds: floa
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run one job (train or eval) from a composed config; returns the results.json payload."""
+    """Run one job (train or eval) from a composed config; returns the results.json payload (results.py)."""
     started = time.time()
     quiet_third_party()
     eval_tasks = check_config(cfg, overrides)
@@ -313,23 +308,24 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
         if train and cfg.save_model and trainer.is_global_zero:
             export_model(module.model, processor, run_dir / "model")
 
-        results = {
-            **run_identity(cfg), "ckpt": cfg.ckpt, "eval_tasks": dm.eval_names, "eval_split": dm.eval_split,
-            "prompts": {n: {"prompt": t.prompt, "eval_prompt": t.eval_prompt or t.prompt} for n, t in eval_tasks.items()},
-            "before": before, "after": after,
-            "curve": curve.record() if curve else None, "curve_settings": curve.settings() if curve else None,
-            "train": train_record(trainer, module, budget, train_seconds, resume_from) if train else None,
-            "data": {"on_bad_row": cfg.data.on_bad_row, "skipped_rows": dm.bad_rows.counts(),
-                     "bad_rows_file": BAD_ROWS_FILE if dm.bad_rows.rows else None},
-            "seconds": round(time.time() - started, 1),
-            "hardware": hardware(trainer),
-            "processing": processor_info(processor),
-            "reply": reply,
-        }
+        record = Results(
+            **run_identity(cfg), ckpt=cfg.ckpt, eval_tasks=dm.eval_names, eval_split=dm.eval_split,
+            prompts={n: {"prompt": t.prompt, "eval_prompt": t.eval_prompt or t.prompt} for n, t in eval_tasks.items()},
+            before=before, after=after,
+            curve=curve.record() if curve else None, curve_settings=curve.settings() if curve else None,
+            train=train_record(trainer, module, budget, train_seconds, resume_from) if train else None,
+            data={"on_bad_row": cfg.data.on_bad_row, "skipped_rows": dm.bad_rows.counts(),
+                  "bad_rows_file": BAD_ROWS_FILE if dm.bad_rows.rows else None},
+            seconds=round(time.time() - started, 1),
+            hardware=hardware(trainer),
+            processing=processor_info(processor),
+            reply=reply,
+        )
+        results = record.to_dict()
         if trainer.is_global_zero:
             # Written last: its presence marks the run finished (and protects it from reruns).
             write_wandb_summary(loggers, results)
-            write_json(run_dir / FINISHED_MARKER, results)
+            write_results(run_dir, record)
             print(results_table(results), flush=True)
     return results
 

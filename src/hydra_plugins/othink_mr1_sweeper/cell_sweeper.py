@@ -215,12 +215,12 @@ class CellSweeper(BasicSweeper):
         """The best candidate per (task, cell) from the tuning runs' validation accuracy on their trained task
         (mean over tune seeds; ties: the first listed), written to tuning.json. A cell whose every candidate
         failed stops the sweep: its grid would run at settings nobody chose."""
-        from othink_mr1.report.runs import read_run_dir  # the one reader of a run's results.json
+        from othink_mr1 import results  # the one reader of a run's results.json
 
         scores: Dict[tuple, Dict[str, List[float]]] = {}
-        for results in sorted((sweep_dir / TUNE_DIR).glob("*/results.json")):
-            run = read_run_dir(results.parent, with_curves=False)
-            if run.eval_split == "validation" and run.mode == "train" and run.task in run.accuracy:
+        for path in sorted((sweep_dir / TUNE_DIR).glob(f"*/{results.FILE}")):
+            run = results.read(path)
+            if run.split == "validation" and run.mode == "train" and run.task in run.accuracy:
                 scores.setdefault((run.task, run.cell), {}).setdefault(run.tag, []).append(run.accuracy[run.task])
         record: Dict[str, Dict[str, Any]] = {}
         choices: Dict[tuple, List[str]] = {}

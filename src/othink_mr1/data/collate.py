@@ -1,9 +1,12 @@
 """Collators: canonical examples -> model inputs, for any image-text-to-text processor.
 
 One prompt builder serves SFT, GRPO and evaluation, so a task is always asked the same way. Nothing
-here branches on a family name: what the chat template writes for an image, what ends an assistant turn
-and which tokens are image markup are read off the processor itself (its chat template, attributes
-and tokenizer), so Qwen2-VL, Idefics3, LLaVA and Gemma3 batches are built and checked by one code path.
+here branches on a family, by name or by the keys of its batch: what the chat template writes for an
+image and what ends an assistant turn are read off the processor itself (its chat template and
+tokenizer), and everything that depends on how a family lays out its batch (its image tokens and how
+many each image gives, which tensors are per token, per image or per sample) is asked of
+data/batch_layout.py, so Qwen2-VL, Idefics3, LLaVA, LLaVA-OneVision and Gemma3 batches are built and
+checked by one code path.
 
 Every check names the split and the item and, where it can, runs before the processor: the processor
 pairs image slots with images across the whole batch, so one stray slot would shift every later
@@ -12,15 +15,11 @@ sample's images (or fail deep inside the model's forward pass).
 
 from __future__ import annotations
 
-import logging
-import re
-import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from .records import DataError, Example
-
-log = logging.getLogger(__name__)
+from .batch_layout import append_replies, check_image_tokens, image_token_id, per_processor, vision_tokens
+from .records import DataError, Example, example_label, images_text
 
 IGNORE_INDEX = -100
 
@@ -51,80 +50,7 @@ def prompt_text(processor: Any, template: str, question: str, num_images: int = 
                                          add_generation_prompt=True)
 
 
-# --------------------------------------------------------------- what the processor says about images
-
-# What is read off a processor is cached per processor object (and chat template, which tests and
-# users may swap on a live processor): the collators run per batch and sampling suppression per step.
-_CACHE: dict[tuple[str, int, str], tuple[Any, Any]] = {}
-
-
-def _per_processor(kind: str, processor: Any, compute: Callable[[Any], Any]) -> Any:
-    key = (kind, id(processor), str(getattr(processor, "chat_template", None)))
-    hit = _CACHE.get(key)
-    # The weak reference tells a live processor from a dead one whose id was reused.
-    if hit is not None and hit[0]() is processor:
-        return hit[1]
-    value = compute(processor)
-    try:
-        ref = weakref.ref(processor)
-    except TypeError:  # not weak-referenceable: compute every time rather than risk a stale answer
-        return value
-    for stale in [k for k, (r, _) in _CACHE.items() if r() is None]:
-        del _CACHE[stale]
-    _CACHE[key] = (ref, value)
-    return value
-
-
-_VISION_ATTRIBUTE = re.compile(r"image|video|vision|boi|eoi")
-_VISION_TEXT = re.compile(r"image|img|video|vision|<row_\d+_col_\d+>", re.IGNORECASE)
-
-
-def vision_tokens(processor: Any) -> list[str]:
-    """The processor's own image and video special tokens, as strings (sorted): every str attribute
-    of the processor named like an image/video/vision/boi/eoi `*_token` or `*_tag` (image_token,
-    video_token, boi_token, fake_image_token, global_image_tag, ...), plus the tokenizer's special and
-    added tokens whose text mentions image, img, video or vision, or looks like Idefics3's
-    `<row_1_col_2>`. Text holding any of them would be taken for image markup. Cached per processor."""
-    return list(_per_processor("vision_tokens", processor, _vision_tokens))
-
-
-def _vision_tokens(processor: Any) -> tuple[str, ...]:
-    found: set[str] = set()
-    for name in dir(processor):
-        if name.endswith(("_token", "_tag")) and _VISION_ATTRIBUTE.search(name):
-            try:
-                value = getattr(processor, name)
-            except Exception:  # a property that cannot be computed on this processor: not a token
-                continue
-            if isinstance(value, str) and value:
-                found.add(value)
-    tokenizer = getattr(processor, "tokenizer", None)
-    if tokenizer is not None:
-        texts = set(getattr(tokenizer, "all_special_tokens", []))
-        texts |= {str(getattr(t, "content", t)) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}
-        found |= {t for t in texts if _VISION_TEXT.search(t)}
-    return tuple(sorted(found))
-
-
-def image_token_id(processor: Any) -> int | None:
-    """The id of the model's image token, the one whose positions receive image features (None when
-    the processor has none): transformers' own list of a processor's image-token ids when it names
-    exactly one (`image_token_ids`; Gemma3's `image_token_id` is its begin-of-image marker, while its
-    features go to `<image_soft_token>`, which this list names), else `processor.image_token_id`, else
-    the tokenizer's id of `processor.image_token`."""
-    listed = getattr(processor, "image_token_ids", None)
-    if isinstance(listed, (list, tuple)) and len(listed) == 1 and isinstance(listed[0], int):
-        return listed[0]
-    token_id = getattr(processor, "image_token_id", None)
-    if isinstance(token_id, int):
-        return token_id
-    token = getattr(processor, "image_token", None)
-    tokenizer = getattr(processor, "tokenizer", None)
-    if token and tokenizer is not None:
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        return token_id if isinstance(token_id, int) and token_id != tokenizer.unk_token_id else None
-    return None
-
+# ------------------------------------------------------------------ what the chat template writes
 
 def _render(processor: Any, messages: list[dict[str, Any]], what: str) -> str:
     try:
@@ -136,7 +62,7 @@ def _render(processor: Any, messages: list[dict[str, Any]], what: str) -> str:
 def image_slot(processor: Any) -> str:
     """The text the chat template writes for one image ("" when it writes nothing): one user turn
     rendered with and without an image part, minus what the two renderings share at both ends."""
-    return _per_processor("image_slot", processor, _image_slot)
+    return per_processor("image_slot", processor, _image_slot)
 
 
 def _image_slot(processor: Any) -> str:
@@ -178,7 +104,7 @@ def reply_end(processor: Any) -> ReplyEnd:
     DataError names the template when it writes text that is not a special token after a reply, or
     closes nothing and the tokenizer has no eos token. Only SFT asks: evaluation and GRPO never render
     an assistant turn."""
-    return _per_processor("reply_end", processor, _reply_end)
+    return per_processor("reply_end", processor, _reply_end)
 
 
 def _reply_end(processor: Any) -> ReplyEnd:
@@ -218,14 +144,6 @@ def _reply_end(processor: Any) -> ReplyEnd:
 # ------------------------------------------------------------------------------------------- checks
 
 
-def _where(split: str, example: Example) -> str:
-    return f"{split} item {example.index}".strip()
-
-
-def _images(n: int) -> str:
-    return f"{n} image" if n == 1 else f"{n} images"
-
-
 def check_prompts(processor: Any, texts: list[str], examples: list[Example], template: str, split: str = "",
                   targets: bool = False) -> None:
     """Before the processor runs, per item: it has images, neither its question (nor the task prompt,
@@ -235,7 +153,7 @@ def check_prompts(processor: Any, texts: list[str], examples: list[Example], tem
     slot = image_slot(processor)
     image_token = getattr(processor, "image_token", None)
     for text, example in zip(texts, examples, strict=True):
-        where, n = _where(split, example), len(example.images)
+        where, n = example_label(split, example), len(example.images)
         if n == 0:
             raise DataError(f"{where}: the item has no image")
         sources = [("question", example.question), ("task prompt", template)]
@@ -246,137 +164,14 @@ def check_prompts(processor: Any, texts: list[str], examples: list[Example], tem
             if not found:
                 continue
             held = text.count(image_token) if image_token else n
-            lead = f"the prompt holds {held} image slots ({image_token}) for its {_images(n)}: " if held != n else ""
+            lead = f"the prompt holds {held} image slots ({image_token}) for its {images_text(n)}: " if held != n else ""
             raise DataError(f"{where}: {lead}the {source} contains the model's vision token(s) {found}, which the "
                             "processor would take for image markup; remove them from the data")
         held = count_slots(text, slot)
         if held != n:
             what = repr(slot) if slot else "none: the chat template writes nothing for an image part"
-            raise DataError(f"{where}: the prompt holds {held} image slots ({what}) for its {_images(n)}; every image "
+            raise DataError(f"{where}: the prompt holds {held} image slots ({what}) for its {images_text(n)}; every image "
                             "needs one (does the chat template place one slot per image part?)")
-
-
-def expected_image_tokens(processor: Any, batch: dict[str, Any], image_counts: list[int],
-                          image_sizes: list[tuple[int, int]]) -> list[int] | None:
-    """How many image tokens each sample's prompt must hold after processing, counted from what the
-    processor returned for the images (not from the text it expanded), or None when nothing gives a
-    count. `image_counts`: images per sample; `image_sizes`: (height, width) of every image, in batch
-    order.
-
-    - Qwen2/2.5/3-VL (`image_grid_thw`, one row per image): t*h*w / merge^2 per image.
-    - Idefics3 / SmolVLM (`pixel_attention_mask` and `processor.image_seq_len`): image_seq_len tokens
-      per tile the model keeps (tiles whose pixels are not all zero: the model's own rule for padding).
-    - LLaVA-OneVision (`batch_num_images`): a lone image is counted by transformers' helper (below); in
-      a sample with several images each image gets its base grid plus a newline token (no any-res).
-    - Any other processor: transformers' own per-image count, `_get_num_multimodal_tokens`, where it
-      agrees with the processor's output on a two-image probe (`_helper_agrees`; LLaVA and Gemma 3 do).
-    Where none applies the check is skipped, and said once in the log (`_no_count`)."""
-    import torch
-
-    grid = batch.get("image_grid_thw")
-    if grid is not None:
-        merge = int(getattr(processor.image_processor, "merge_size", 2))
-        features = torch.div(grid.prod(dim=1), merge * merge, rounding_mode="floor")
-        return [int(f.sum()) for f in torch.split(features, image_counts)]
-    pixels = batch.get("pixel_values")
-    if "pixel_attention_mask" in batch and getattr(processor, "image_seq_len", None) and pixels is not None:
-        kept = (pixels != 0).flatten(2).any(dim=2).sum(dim=1)
-        return [int(n) * int(processor.image_seq_len) for n in kept]
-    per_image = _helper_counts(processor, image_sizes)
-    if "batch_num_images" in batch and per_image is not None and getattr(processor, "num_image_tokens", None):
-        several = int(processor.num_image_tokens) + 1 - (processor.vision_feature_select_strategy == "default")
-        per_image = _onevision_counts(image_counts, per_image, several)
-    elif per_image is None or not _per_processor("helper_agrees", processor, _helper_agrees):
-        _per_processor("no_count", processor, _no_count)
-        return None
-    out, start = [], 0
-    for count in image_counts:
-        out.append(sum(per_image[start:start + count]))
-        start += count
-    return out
-
-
-def _onevision_counts(image_counts: list[int], lone: list[int], several: int) -> list[int]:
-    """Per-image token counts of LLaVA-OneVision: `lone[i]` for an image alone in its sample, `several`
-    for each image of a sample with more than one."""
-    out, start = [], 0
-    for count in image_counts:
-        out += lone[start:start + count] if count == 1 else [several] * count
-        start += count
-    return out
-
-
-def _no_count(processor: Any) -> bool:
-    log.warning("%s: no way to count the image tokens each image should get; the per-sample image-token check "
-                "is skipped for this processor (image slots are still checked before processing)",
-                type(processor).__name__)
-    return True
-
-
-def _helper_counts(processor: Any, image_sizes: list[tuple[int, int]]) -> list[int] | None:
-    try:
-        per_image = processor._get_num_multimodal_tokens(image_sizes=image_sizes)["num_image_tokens"]
-    except Exception:  # no helper for this family, or one that needs other arguments: no way to know
-        return None
-    if per_image is None or len(per_image) != len(image_sizes):
-        return None
-    return [int(n) for n in per_image]
-
-
-# Two images of different shapes in one sample: a helper that ignores how a family lays out several
-# images, or counts tokens other than the image token, disagrees here.
-_PROBE_SIZES = ((112, 112), (84, 140))
-
-
-def _helper_agrees(processor: Any) -> bool:
-    """Whether `_helper_counts` gives what the processor actually writes, on one probe sample."""
-    from PIL import Image
-
-    token_id = image_token_id(processor)
-    expected = _helper_counts(processor, list(_PROBE_SIZES))
-    if token_id is None or expected is None:
-        return False
-    try:
-        images = [Image.new("RGB", (width, height), (128, 128, 128)) for height, width in _PROBE_SIZES]
-        text = prompt_text(processor, "{question}", "How many?", len(images))
-        probe = processor(text=[text], images=[images], return_tensors="pt")
-    except Exception:  # a processor that cannot take the probe: trust nothing
-        return False
-    return int((probe["input_ids"] == token_id).sum()) == sum(expected)
-
-
-def check_image_tokens(processor: Any, batch: dict[str, Any], examples: list[Example], split: str = "") -> None:
-    """Each sample's image placeholder tokens must number exactly the features its images give
-    (`expected_image_tokens`): otherwise the model fails deep inside its forward pass, or silently
-    pairs features with the wrong positions. Causes: a question that itself contains the image token,
-    a chat template without the image slot, a processor of another model."""
-    token_id = image_token_id(processor)
-    if token_id is None:
-        return
-    counts = [len(ex.images) for ex in examples]
-    grid = batch.get("image_grid_thw")
-    if grid is not None and grid.shape[0] != sum(counts):
-        raise DataError(f"{split} items {[ex.index for ex in examples][:8]}: expected one image grid per image "
-                        f"({sum(counts)}), the processor returned {grid.shape[0]}".strip())
-    sizes = [(im.height, im.width) for ex in examples for im in ex.images]
-    expected = expected_image_tokens(processor, batch, counts, sizes)
-    if expected is None:
-        return
-    tokens = (batch["input_ids"] == token_id).sum(dim=1).tolist()
-    start = 0
-    for example, have, want, n in zip(examples, tokens, expected, counts, strict=True):
-        grids = grid[start:start + n].tolist() if grid is not None else None
-        start += n
-        if have == want:
-            continue
-        if grids is not None:
-            merge = int(getattr(processor.image_processor, "merge_size", 2))
-            shapes = " + ".join(f"{t}x{h}x{w}" for t, h, w in grids)
-            source = f"{shapes} patch grid{' gives' if n == 1 else 's give'} {want} image features (merge {merge}x{merge})"
-        else:
-            source = f"{_images(n)} give{'s' if n == 1 else ''} {want} image features"
-        raise DataError(f"{_where(split, example)}: the prompt holds {have} image tokens but its {source}; does the "
-                        "question contain the image token, or does the chat template lack the image slot?")
 
 
 def image_batch(examples: list[Example]) -> list[list[Any]]:
@@ -389,9 +184,11 @@ def _meta(examples: list[Example]) -> dict[str, list]:
         "questions": [ex.question for ex in examples],
         "answers": [ex.answer for ex in examples],
         "indices": [ex.index for ex in examples],
-        # Images per sample: a family with one image-feature row per image (Qwen's image_grid_thw)
-        # needs it to repeat a prompt's images with the prompt.
+        # Images per sample: which rows of a per-image tensor belong to which sample
+        # (batch_layout.sample_rows), to repeat or select a prompt with its images.
         "image_counts": [len(ex.images) for ex in examples],
+        # Every other field of each record (Example.fields), for rewards that read a column.
+        "fields": [dict(ex.fields) for ex in examples],
     }
 
 
@@ -400,8 +197,9 @@ def _meta(examples: list[Example]) -> dict[str, list]:
 
 @dataclass
 class PromptCollator:
-    """Left-padded prompts for generation, plus what scoring needs (questions, answers, indices)
-    and the images per sample (`meta["image_counts"]`)."""
+    """Left-padded prompts for generation, plus what scoring needs (questions, answers, indices),
+    the images per sample (`meta["image_counts"]`) and each record's other fields (`meta["fields"]`,
+    one dict per prompt: what GRPO's rewards read by column name)."""
 
     processor: Any
     template: str
@@ -463,34 +261,3 @@ class SFTCollator:
         batch["labels"] = labels
         batch["meta"] = _meta(examples)
         return batch
-
-
-def append_replies(prompts: dict[str, Any], replies: list[list[int]], pad_id: int) -> dict[str, Any]:
-    """Each row's prompt tokens (where its attention mask is 1, whichever side the processor padded),
-    then its reply, right-padded. Every per-token tensor the processor returned (the shape of
-    input_ids: attention_mask, mm_token_type_ids, Gemma3's token_type_ids) is carried along:
-    attention 1 on reply tokens, type ids 0 (text); padding holds `pad_id` in input_ids, 0 elsewhere.
-    `reply_mask` (bool) marks the reply tokens. Other entries (pixel values, grids) pass unchanged."""
-    import torch
-
-    input_ids, attention = prompts["input_ids"], prompts["attention_mask"].bool()
-    per_token = [k for k, v in prompts.items() if torch.is_tensor(v) and v.shape == input_ids.shape]
-    lengths = attention.sum(dim=1).tolist()
-    width = max(n + len(r) for n, r in zip(lengths, replies))
-    rows = len(replies)
-    out = dict(prompts)
-    for key in per_token:
-        old = prompts[key]
-        new = torch.full((rows, width), pad_id if key == "input_ids" else 0, dtype=old.dtype)
-        for row, (n, reply) in enumerate(zip(lengths, replies)):
-            new[row, :n] = old[row][attention[row]]
-            if key == "input_ids":
-                new[row, n:n + len(reply)] = torch.tensor(reply, dtype=old.dtype)
-            elif key == "attention_mask":
-                new[row, n:n + len(reply)] = 1
-        out[key] = new
-    reply_mask = torch.zeros((rows, width), dtype=torch.bool)
-    for row, (n, reply) in enumerate(zip(lengths, replies)):
-        reply_mask[row, n:n + len(reply)] = True
-    out["reply_mask"] = reply_mask
-    return out

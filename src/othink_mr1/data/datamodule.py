@@ -26,10 +26,11 @@ class VLMDataModule(pl.LightningDataModule):
     loader i (metrics are logged as eval/<name>/...).
     """
 
-    def __init__(self, task: Any, eval_tasks: dict[str, Any], cache_dir: str, train_batch_size: int = 8,
-                 eval_batch_size: int = 16, train_collator: Callable[..., Any] | None = None, sft_target: str = "auto",
-                 num_workers: int = 0, with_train: bool = True, seed: int = 0, on_bad_row: str = "error",
-                 max_bad_fraction: float = 0.1, eval_split: str = "test"):
+    # The settings come from the run's config (method.batch_size, eval.batch_size, data.*, eval.split, seed):
+    # no defaults here, so each is stated once, in its schema or YAML.
+    def __init__(self, task: Any, eval_tasks: dict[str, Any], *, cache_dir: str, train_batch_size: int,
+                 eval_batch_size: int, train_collator: Callable[..., Any] | None, sft_target: str, with_train: bool,
+                 seed: int, on_bad_row: str, max_bad_fraction: float, eval_split: str, num_workers: int = 0):
         super().__init__()
         # The method's collator class (its descriptor's train_collator): called as
         # train_collator(processor, template, split=...) once the processor exists.

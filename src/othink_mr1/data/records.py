@@ -11,6 +11,7 @@ image (``images[1]``).
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from dataclasses import dataclass
@@ -119,6 +120,19 @@ class Example:
     answer: str  # ground truth as text ("3", "140°")
     target: str  # SFT target: the solution, or thinking + solution
     index: int
+    # The record's other fields: every column of its row but the image ones, as the row holds them
+    # ({"problem": ..., "solution": ..., "family": "triangle_angles"}). GRPO passes each to the reward
+    # functions by name (methods/grpo.py: build_rollout).
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def example_label(split: str, example: Example) -> str:
+    """How errors name an example: "counting train item 7" (its split, when known, and index)."""
+    return f"{split} item {example.index}".strip()
+
+
+def images_text(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
 
 
 def answer_from_solution(solution: str) -> str:

@@ -24,11 +24,17 @@ from .records import (
     sft_target,
     text_fields,
 )
-from .synthetic import synthetic_split
+from .synthetic import SOURCE_PREFIX, synthetic_sources, synthetic_split
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic_counting", "synthetic_geometry", "synthetic_counting_multi", "r1v")
+#: The source of R1-V's tasks (hub or local train data, R1-V's test jsonl); every other source is synthetic.
+R1V_SOURCE = "r1v"
+
+
+def task_sources() -> list[str]:
+    """Every valid `task.source`: `synthetic_<module>` for each generator module in data/synthetic/, and `r1v`."""
+    return [*synthetic_sources(), R1V_SOURCE]
 
 
 def schema_role(split: str) -> str:
@@ -46,8 +52,8 @@ def load_split(task: Any, split: str, cache_dir: str, bad_rows: BadRows | None =
     `bad_rows` in "skip" mode a bad row is recorded and left out, otherwise the first one raises
     a DataError naming the file and row. A subset (`train_size`, `eval_size`) is the first that
     many good rows in its order, so skipped rows do not shrink it."""
-    if task.source not in SOURCES:
-        raise DataError(f"task.source='{task.source}' for task '{task.name}': expected one of {list(SOURCES)}")
+    if task.source not in task_sources():
+        raise DataError(f"task.source='{task.source}' for task '{task.name}': expected one of {task_sources()}")
     if split not in SPLITS:
         raise DataError(f"split '{split}' of task '{task.name}': expected one of {list(SPLITS)}")
     bad_rows = bad_rows or BadRows()
@@ -60,7 +66,7 @@ def load_split(task: Any, split: str, cache_dir: str, bad_rows: BadRows | None =
     # JSONL files are checked line by line as they are read (errors name the line); the other
     # sources row by row below, only as far as the subset needs.
     checked = False
-    if task.source.startswith("synthetic"):
+    if task.source.startswith(SOURCE_PREFIX):
         syn = task.synthetic
         if syn is None:
             raise DataError(f"task '{task.name}': task.synthetic is required for source '{task.source}'")
@@ -140,7 +146,8 @@ def _undecoded(feature: Any) -> Any:
 
 
 class TaskSplit(TorchDataset):
-    """A split as canonical `Example`s (images decoded lazily, in the loader workers)."""
+    """A split as canonical `Example`s (images decoded lazily, in the loader workers), each carrying its
+    row's other columns (`Example.fields`)."""
 
     def __init__(self, task: Any, split: str, ds, sft_target_mode: str = "auto"):
         self.task = task
@@ -154,6 +161,8 @@ class TaskSplit(TorchDataset):
     def __getitem__(self, index: int) -> Example:
         row = self.ds[index]
         images = load_images(row[image_field(row, IMAGE_FIELDS[self.role])])
+        # Every other column, as the row holds it: GRPO's rewards read them by name.
+        fields = {k: v for k, v in row.items() if k not in IMAGE_FIELDS[self.role]}
         if self.role == "train":
             return Example(
                 images=images,
@@ -161,6 +170,7 @@ class TaskSplit(TorchDataset):
                 answer=answer_from_solution(str(row["solution"])),
                 target=sft_target(row, self.sft_target_mode),
                 index=index,
+                fields=fields,
             )
         answer = str(row["ground_truth"]).strip()
         return Example(
@@ -169,4 +179,5 @@ class TaskSplit(TorchDataset):
             answer=answer,
             target=f"<answer> {answer} </answer>",
             index=index,
+            fields=fields,
         )

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from ..models.rollouts import completion_mask, stop_token_ids, suppressed_token_ids
-from ..rewards.scorers import DEFAULT_PROTOCOL, check_protocol, get_scorer
+from ..rewards.base import DEFAULT_PROTOCOL, check_protocol
+from ..rewards.scorers import get_scorer
 from .metrics import ItemResult, score_item, summarize
 
 
@@ -27,7 +28,7 @@ class EvalSpec:
 
     scorers: dict[str, str]  # task name -> scorer name
     max_new_tokens: dict[str, int]  # task name -> generation budget
-    # Scoring protocol of every task (rewards.scorers.PROTOCOLS; eval.protocol in a run's config).
+    # Scoring protocol of every task (rewards.base.PROTOCOLS; eval.protocol in a run's config).
     protocol: str = DEFAULT_PROTOCOL
 
     def __post_init__(self) -> None:

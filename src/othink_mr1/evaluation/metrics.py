@@ -9,7 +9,8 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-from othink_mr1.rewards.scorers import Scorer, format_ok
+from othink_mr1.rewards.base import Scorer
+from othink_mr1.rewards.format import format_ok
 
 __all__ = ["CURVE_POINT_METRICS", "ItemResult", "score_item", "summarize"]
 

@@ -4,6 +4,9 @@ Usage::
 
     python -m othink_mr1.evaluation.rescore --task geoqa [--scorer r1v|normalized] results.json [--out items.jsonl]
 
+``--task`` is a task name (scored with the scorer its ``conf/task/<name>.yaml`` names, read from the checkout
+that OTHINK_ROOT or this package's location gives) or a scorer name (``counting``, ``geometry``).
+
 FILE is either JSONL (one record per line, blank lines ignored) or a JSON object with a ``results``
 list, the shape R1-V's evaluation scripts write::
 
@@ -13,7 +16,7 @@ list, the shape R1-V's evaluation scripts write::
 Each record needs ``model_output`` and ``ground_truth``; ``question`` (a string, or a dict holding a
 ``question`` key), ``completion_tokens`` and ``protocol`` are optional. ``--scorer`` names the scoring
 protocol of the re-score (``r1v``, R1-V's evaluation and the default, or ``normalized``; see
-``othink_mr1.rewards.scorers``). The report also counts the items whose verdict differs between the
+``othink_mr1.rewards.base``). The report also counts the items whose verdict differs between the
 protocols, and compares saved correctness (the file's ``accuracy``, per-item ``is_correct``/``correct``)
 with the re-score, which is how scorer changes are audited against old runs; a ``protocol`` the records
 carry (this project's completions.jsonl do) is printed beside it.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from othink_mr1.evaluation.metrics import ItemResult, score_item, summarize
-from othink_mr1.rewards.scorers import DEFAULT_PROTOCOL, PROTOCOLS, SCORER_FOR_TASK, SCORERS, get_scorer
+from othink_mr1.rewards.base import DEFAULT_PROTOCOL, PROTOCOLS
+from othink_mr1.rewards.scorers import SCORERS, get_scorer
 
-__all__ = ["RescoreError", "load_records", "main"]
+__all__ = ["RescoreError", "load_records", "main", "scorer_for"]
 
 REQUIRED_KEYS = ("model_output", "ground_truth")
 # Per-item correctness flags found in existing logs (R1-V writes "is_correct").
@@ -47,6 +52,37 @@ _SAVED_FLAG_KEYS = ("is_correct", "correct")
 
 class RescoreError(ValueError):
     """An input problem, reported as one line (``FILE: where: what``) and exit status 2."""
+
+
+def task_dir() -> Path:
+    """conf/task/ of the checkout (OTHINK_ROOT, which run.py and the tests set, else this package's checkout)."""
+    return Path(os.environ.get("OTHINK_ROOT") or Path(__file__).resolve().parents[3]) / "conf" / "task"
+
+
+def task_names() -> list[str]:
+    """The tasks conf/task/ defines, sorted."""
+    return sorted(path.stem for path in task_dir().glob("*.yaml"))
+
+
+def scorer_for(name: str) -> str:
+    """The scorer ``--task`` means: a task's (its conf/task/<name>.yaml's ``scorer:``, a plain YAML read, no
+    Hydra) or a scorer name itself. A RescoreError listing the valid task and scorer names otherwise."""
+    tasks = task_names()
+    if name in tasks:
+        import yaml  # deferred: only a task name needs it
+
+        path = task_dir() / f"{name}.yaml"
+        try:
+            scorer = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("scorer")
+        except (OSError, yaml.YAMLError, AttributeError) as exc:
+            raise RescoreError(f"{path}: cannot read the task's scorer ({exc})") from None
+        if scorer not in SCORERS:
+            raise RescoreError(f"{path}: scorer {scorer!r} is not a scorer; valid scorers: {', '.join(sorted(SCORERS))}")
+        return scorer
+    if name in SCORERS:
+        return name
+    raise RescoreError(f"unknown task or scorer {name!r}; valid tasks: {', '.join(tasks) or f'none in {task_dir()}'}; "
+                       f"valid scorers: {', '.join(sorted(SCORERS))}")
 
 
 @dataclass
@@ -158,7 +194,7 @@ def _pct(fraction: float) -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    tasks = ", ".join(sorted(set(SCORER_FOR_TASK) | set(SCORERS)))
+    tasks = ", ".join(sorted(set(task_names()) | set(SCORERS)))
     parser = argparse.ArgumentParser(
         prog="python -m othink_mr1.evaluation.rescore",
         description="Re-score saved model completions (JSONL or an R1-V eval log) without a model.",
@@ -173,11 +209,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _rescore(task: str, path: Path, out: Path | None, protocol: str = DEFAULT_PROTOCOL) -> None:
+    scorer_name = scorer_for(task)
     try:
-        scorer = get_scorer(task, protocol)
-        others = {name: get_scorer(task, name) for name in PROTOCOLS if name != protocol}
-    except ValueError as exc:
+        scorer = get_scorer(scorer_name, protocol)
+    except ValueError as exc:  # an unknown protocol
         raise RescoreError(str(exc)) from None
+    others = {name: get_scorer(scorer_name, name) for name in PROTOCOLS if name != protocol}
     if out is not None and out.exists():
         # Never overwrite what the user has (it may be the input itself, or an earlier audit).
         raise RescoreError(f"{out}: already exists; choose another --out path")

@@ -40,7 +40,8 @@ from ..methods.evaluation_module import EvaluationModule
 from ..methods.sft import SFTModule
 from ..models.factory import cached_build, load_local, tiny_base_folder, tiny_folder
 from ..models.tiny import R1V_SUFFIXES
-from ..rewards.scorers import DEFAULT_PROTOCOL, get_scorer
+from ..rewards.base import DEFAULT_PROTOCOL
+from ..rewards.scorers import get_scorer
 from ..utils.errors import ConfigError
 
 log = logging.getLogger(__name__)

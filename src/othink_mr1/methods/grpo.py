@@ -23,7 +23,7 @@ import torch
 
 from ..evaluation.harness import effective_max_new_tokens
 from ..rewards.grpo_rewards import compute_rewards
-from ..rewards.scorers import DEFAULT_PROTOCOL
+from ..rewards.base import DEFAULT_PROTOCOL
 from ..models.decoding import decode_record
 from ..models.prefix_sharing import static_decoding_blocker, supports_prefix_sharing
 from ..models.rollouts import Completions, Sampling, TokenRules, sample_completions, shares_prompts
@@ -32,6 +32,22 @@ from .grpo_loss import StepSizes, group_advantages, grpo_loss
 from .kl_schedules import KLSchedule, build_kl_schedule
 
 log = logging.getLogger(__name__)
+
+# Names a record field cannot take as a reward column: compute_rewards' own arguments.
+RESERVED_COLUMNS = ("completions", "weights")
+
+
+def reward_columns(fields: list[dict[str, Any]], group_size: int, **derived: list[Any]) -> dict[str, list[Any]]:
+    """The keyword lists the reward functions get, one value per completion (each prompt's G completions in
+    a row): every field of each prompt's record (`fields`, one dict per prompt: the collators'
+    meta["fields"]; None where a record lacks one another has), then `derived` (one value per prompt:
+    answer, question, scorer, protocol), which wins over a record field of the same name. A field named
+    like compute_rewards' own arguments (RESERVED_COLUMNS) is left out."""
+    names = [n for n in dict.fromkeys(k for record in fields for k in record) if n not in RESERVED_COLUMNS]
+    columns = {name: [record.get(name) for record in fields] for name in names}
+    columns.update(derived)
+    return {name: [v for v in values for _ in range(group_size)] for name, values in columns.items()}
+
 
 @dataclass(kw_only=True)
 class Rollout(Completions):
@@ -93,16 +109,17 @@ class GRPOModule(TrainableModule):
         return self.method.share_prompt_prefix and shares_prompts(batch, self.model, self.reference)
 
     def build_rollout(self, batch: dict[str, Any], completion_ids: torch.Tensor) -> Rollout:
-        """Score sampled completions of a prompt micro-batch and prepare everything the loss needs."""
+        """Score sampled completions of a prompt micro-batch (every reward gets each record field and the
+        built-in columns, one value per completion: reward_columns) and prepare everything the loss needs."""
         m, tok = self.method, self.processor.tokenizer
         G = m.num_generations
         texts = tok.batch_decode(completion_ids, skip_special_tokens=True)
-        answers = [a for a in batch["meta"]["answers"] for _ in range(G)]
-        questions = [q for q in batch["meta"]["questions"] for _ in range(G)]
+        meta = batch["meta"]
         # The run's scoring protocol (eval.protocol): the accuracy reward pays that protocol's verdict.
         protocol = getattr(self.eval_spec, "protocol", DEFAULT_PROTOCOL)
-        total, parts = compute_rewards(dict(m.rewards), texts, answer=answers, question=questions,
-                                       scorer=[self.scorer] * len(texts), protocol=[protocol] * len(texts))
+        columns = reward_columns(meta.get("fields") or [], G, answer=meta["answers"], question=meta["questions"],
+                                 scorer=[self.scorer] * len(meta["answers"]), protocol=[protocol] * len(meta["answers"]))
+        total, parts = compute_rewards(dict(m.rewards), texts, **columns)
         device = completion_ids.device
         rewards = torch.tensor(total, dtype=torch.float32, device=device)
         rollout = Rollout.of(

@@ -6,18 +6,43 @@ after every optimizer step with the measured mean per-token KL; only the adaptiv
 it) and `can_be_positive`, which decides whether a reference model is loaded at all.
 
 `step` is the optimizer step about to be taken (0-based), `total_steps` the run's optimizer steps.
+
+This module is the schedules' one home. A schedule is a class registered with `@register_kl_schedule`
+beside its schema, the dataclass `Config` nested in it (its fields are the constructor's arguments;
+stored as `schema/kl_<name>` for `conf/kl/<name>.yaml` to name). Its values are stated in that YAML
+only: no argument here has a default. Adding a schedule touches this module, its YAML and its test.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
+
+from omegaconf import MISSING
+
+from ..config import KLConfig
+
+# name -> schedule class, filled by @register_kl_schedule as the classes below are defined.
+KL_SCHEDULES: dict[str, type["KLSchedule"]] = {}
+
+
+def register_kl_schedule(cls: type["KLSchedule"]) -> type["KLSchedule"]:
+    """Registers `cls` under `cls.name`; `cls.Config` (a KLConfig) is its schema."""
+    if cls.name in KL_SCHEDULES:
+        raise ValueError(f"two KL schedules are named '{cls.name}': {KL_SCHEDULES[cls.name].__qualname__} and "
+                         f"{cls.__qualname__}")
+    if not (isinstance(cls.Config, type) and issubclass(cls.Config, KLConfig)):
+        raise TypeError(f"{cls.__qualname__}.Config must be a dataclass deriving from KLConfig")
+    KL_SCHEDULES[cls.name] = cls
+    return cls
 
 
 class KLSchedule:
     """Base: a stateless schedule (state_dict is empty)."""
 
     name = "base"
+    Config: type[KLConfig] = KLConfig  # the schema of conf/kl/<name>.yaml
 
     def value(self, step: int, total_steps: int) -> float:
         raise NotImplementedError
@@ -40,10 +65,12 @@ def _progress(step: int, total_steps: int) -> float:
     return min(1.0, max(0.0, step / max(1, total_steps)))
 
 
+@register_kl_schedule
 class NoKL(KLSchedule):
     """beta = 0: no KL term and no reference model (TRL's default since v0.19; Dr. GRPO, DAPO)."""
 
     name = "none"
+    Config = KLConfig
 
     def value(self, step: int, total_steps: int) -> float:
         return 0.0
@@ -53,11 +80,16 @@ class NoKL(KLSchedule):
         return False
 
 
+@register_kl_schedule
 class ConstantKL(KLSchedule):
     """A fixed beta, as in GRPO (Shao et al., DeepSeekMath, 2024) and R1-V (beta 0.04).
     The paper's plain-GRPO baselines tune it per task: 0.04 counting, 0.01 geometry."""
 
     name = "constant"
+
+    @dataclass
+    class Config(KLConfig):
+        beta: float = MISSING
 
     def __init__(self, beta: float):
         self.beta = beta
@@ -70,6 +102,7 @@ class ConstantKL(KLSchedule):
         return self.beta > 0
 
 
+@register_kl_schedule
 class GRPODKL(KLSchedule):
     """GRPO-D, OThink-MR1 (Liu et al., arXiv 2503.16081, Sec. 3): explore early, exploit late.
 
@@ -82,7 +115,13 @@ class GRPODKL(KLSchedule):
 
     name = "grpo_d"
 
-    def __init__(self, beta_min: float, beta_max: float, warmup_ratio: float = 0.3):
+    @dataclass
+    class Config(KLConfig):
+        beta_min: float = MISSING
+        beta_max: float = MISSING
+        warmup_ratio: float = MISSING
+
+    def __init__(self, beta_min: float, beta_max: float, warmup_ratio: float):
         if not 0.0 < warmup_ratio < 1.0:
             raise ValueError(f"kl.warmup_ratio={warmup_ratio}: must be in (0, 1)")
         if beta_min > beta_max:
@@ -102,11 +141,17 @@ class GRPODKL(KLSchedule):
         return self.beta_max > 0
 
 
+@register_kl_schedule
 class LinearKL(KLSchedule):
     """beta moves linearly from beta_start (step 0) to beta_end (the last step): a plain annealing
     baseline for GRPO-D's V shape."""
 
     name = "linear"
+
+    @dataclass
+    class Config(KLConfig):
+        beta_start: float = MISSING
+        beta_end: float = MISSING
 
     def __init__(self, beta_start: float, beta_end: float):
         self.beta_start, self.beta_end = beta_start, beta_end
@@ -119,10 +164,16 @@ class LinearKL(KLSchedule):
         return max(self.beta_start, self.beta_end) > 0
 
 
+@register_kl_schedule
 class CosineKL(KLSchedule):
     """Half-cosine from beta_start to beta_end, the annealing shape of SGDR (Loshchilov & Hutter, 2017)."""
 
     name = "cosine"
+
+    @dataclass
+    class Config(KLConfig):
+        beta_start: float = MISSING
+        beta_end: float = MISSING
 
     def __init__(self, beta_start: float, beta_end: float):
         self.beta_start, self.beta_end = beta_start, beta_end
@@ -136,11 +187,18 @@ class CosineKL(KLSchedule):
         return max(self.beta_start, self.beta_end) > 0
 
 
+@register_kl_schedule
 class StepKL(KLSchedule):
     """Piecewise constant: values[0] until the first milestone (a fraction of the run), values[i]
     from milestones[i-1] on, like a step learning-rate decay."""
 
     name = "step"
+
+    @dataclass
+    class Config(KLConfig):
+        # beta = values[i] from milestones[i-1] (a fraction of the run) on; values has one more entry.
+        milestones: list[float] = MISSING
+        values: list[float] = MISSING
 
     def __init__(self, milestones: list[float], values: list[float]):
         if len(values) != len(milestones) + 1:
@@ -158,6 +216,7 @@ class StepKL(KLSchedule):
         return max(self.values) > 0
 
 
+@register_kl_schedule
 class AdaptiveKL(KLSchedule):
     """A proportional controller on beta towards a target per-token KL, after Ziegler et al.,
     "Fine-Tuning Language Models from Human Preferences" (2019), as OpenRLHF's AdaptiveKLController,
@@ -170,7 +229,16 @@ class AdaptiveKL(KLSchedule):
 
     name = "adaptive"
 
-    def __init__(self, beta: float, target: float, horizon: int = 10, beta_min: float = 0.0, beta_max: float = 1.0):
+    @dataclass
+    class Config(KLConfig):
+        beta: float = MISSING
+        target: float = MISSING
+        # Optimizer steps over which a 20% KL error moves beta by about 20%.
+        horizon: int = MISSING
+        beta_min: float = MISSING
+        beta_max: float = MISSING
+
+    def __init__(self, beta: float, target: float, horizon: int, beta_min: float, beta_max: float):
         if target <= 0 or horizon <= 0:
             raise ValueError(f"kl.target={target} and kl.horizon={horizon} must be positive")
         self.beta, self.target, self.horizon = beta, target, horizon
@@ -194,15 +262,12 @@ class AdaptiveKL(KLSchedule):
         self.beta = float(state["beta"])
 
 
-SCHEDULES = {cls.name: cls for cls in (NoKL, ConstantKL, GRPODKL, LinearKL, CosineKL, StepKL, AdaptiveKL)}
-
-
 def build_kl_schedule(cfg: Any) -> KLSchedule:
     """The schedule for a `kl` config node; its fields are the constructor's arguments."""
     from omegaconf import OmegaConf
 
     params = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     name = params.pop("name")
-    if name not in SCHEDULES:
-        raise ValueError(f"kl.name='{name}': expected one of {sorted(SCHEDULES)}")
-    return SCHEDULES[name](**params)
+    if name not in KL_SCHEDULES:
+        raise ValueError(f"kl.name='{name}': expected one of {sorted(KL_SCHEDULES)}")
+    return KL_SCHEDULES[name](**params)

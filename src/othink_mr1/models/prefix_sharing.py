@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from ..data.batch_layout import append_completions, repeat_samples
 from .decoding import CHECK_EVERY, SamplingRules, StaticDecoder, StaticKV, supports_static_decoding
 
 
@@ -45,9 +46,19 @@ def static_decoding_blocker(model: torch.nn.Module) -> str | None:
     return "no language_model submodule" if language_model is None else supports_static_decoding(language_model)
 
 
-def _sequence_mask(prompts: dict[str, torch.Tensor], completion_mask: torch.Tensor, group_size: int) -> torch.Tensor:
-    """[N, P + C] attention mask of the G-times repeated prompts followed by their completions."""
-    return torch.cat([prompts["attention_mask"].repeat_interleave(group_size, dim=0), completion_mask], dim=1)
+def _sequences(prompts: dict[str, torch.Tensor], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+               group_size: int) -> dict[str, torch.Tensor]:
+    """The G-times repeated prompts followed by their completions, as the plain forward lays them out
+    (data.batch_layout: each prompt's image grids repeated with it), without the pixels: what positions
+    and masks are computed from."""
+    return append_completions(repeat_samples(prompts, group_size, pixels=False), completion_ids, completion_mask)
+
+
+def _rope_index(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mrope position ids [3, B, T], per-row deltas) of a Qwen-style batch's tokens and image grids."""
+    return _unwrapped(model).model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                                  image_grid_thw=inputs["image_grid_thw"],
+                                                  attention_mask=inputs["attention_mask"])
 
 
 def full_position_ids(model: torch.nn.Module, prompts: dict[str, torch.Tensor], completion_ids: torch.Tensor,
@@ -55,14 +66,7 @@ def full_position_ids(model: torch.nn.Module, prompts: dict[str, torch.Tensor], 
     """The [3, N, P + C] mrope positions the plain forward would compute for the G-times repeated
     sequences (so the shared forward cannot drift from it). They depend on the tokens and image grids
     only, so a policy's and its reference's are the same."""
-    G = group_size
-    input_ids = torch.cat([prompts["input_ids"].repeat_interleave(G, dim=0), completion_ids], dim=1)
-    token_types = torch.cat([prompts["mm_token_type_ids"].repeat_interleave(G, dim=0),
-                             torch.zeros_like(completion_ids)], dim=1)
-    position_ids, _ = _unwrapped(model).model.get_rope_index(
-        input_ids, mm_token_type_ids=token_types, image_grid_thw=prompts["image_grid_thw"].repeat_interleave(G, dim=0),
-        attention_mask=_sequence_mask(prompts, completion_mask, G))
-    return position_ids
+    return _rope_index(model, _sequences(prompts, completion_ids, completion_mask, group_size))[0]
 
 
 def grouped_completion_logits(model: torch.nn.Module, prompts: dict[str, torch.Tensor], completion_ids: torch.Tensor,
@@ -70,17 +74,19 @@ def grouped_completion_logits(model: torch.nn.Module, prompts: dict[str, torch.T
                               position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Logits [N, C, V] predicting each completion token, N = prompts x group_size.
 
-    prompts: the un-repeated, left-padded prompt batch (input_ids, attention_mask, mm_token_type_ids,
-    pixel_values, image_grid_thw); completion row i belongs to prompt i // group_size.
+    prompts: the un-repeated, left-padded prompt batch's model inputs (data.batch_layout.model_inputs:
+    input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw); completion row i belongs
+    to prompt i // group_size.
     position_ids: `full_position_ids` of these sequences, when the caller keeps them between passes.
     """
     G = group_size
     base = _unwrapped(model)
     inner = base.model
     P = prompts["input_ids"].shape[1]
-    attention_mask = _sequence_mask(prompts, completion_mask, G)
+    sequences = _sequences(prompts, completion_ids, completion_mask, G)
+    attention_mask = sequences["attention_mask"]
     if position_ids is None:
-        position_ids = full_position_ids(model, prompts, completion_ids, completion_mask, G)
+        position_ids = _rope_index(model, sequences)[0]
 
     prompt_out = inner(**prompts, position_ids=position_ids[:, ::G, :P], use_cache=True,
                        past_key_values=DynamicCache(config=base.config.get_text_config()))
@@ -112,9 +118,7 @@ def sample_groups(model: torch.nn.Module, prompts: dict[str, torch.Tensor], grou
     base = _unwrapped(model)
     inner, head = base.model, base.get_output_embeddings()
     text_config = base.config.get_text_config()
-    position_ids, deltas = inner.get_rope_index(prompts["input_ids"], mm_token_type_ids=prompts["mm_token_type_ids"],
-                                                image_grid_thw=prompts["image_grid_thw"],
-                                                attention_mask=prompts["attention_mask"])
+    position_ids, deltas = _rope_index(model, prompts)
     prefill = inner(**prompts, position_ids=position_ids, use_cache=True, past_key_values=DynamicCache(config=text_config))
     P = prompts["input_ids"].shape[1]
     cache = StaticKV.from_prefill(prefill.past_key_values.layers, G, P + max_new_tokens)
@@ -131,9 +135,3 @@ def sample_groups(model: torch.nn.Module, prompts: dict[str, torch.Tensor], grou
                            device=device))
     decoder = StaticDecoder(inner.language_model, head, rules, compile_mode=compile_mode, check_every=check_every)
     return decoder.run(cache, prompt_mask, first_logits, base_positions, max_new_tokens)
-
-
-def prompt_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The model inputs of a prompt batch (tensors only; metadata dropped)."""
-    keys = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
-    return {k: batch[k] for k in keys if k in batch}

@@ -14,6 +14,9 @@ model), so both go through here:
 - `Completions.log_probs`: log pi(token) of each completion token under a model, each prompt run once
   under its n completions where the model allows it (same values to float tolerance), else the plain
   forward of every prompt + completion.
+
+How a prompt is repeated n times with its images, and a completion appended to it, is the batch's
+layout, whatever the family: data/batch_layout.py.
 """
 
 from __future__ import annotations
@@ -23,20 +26,14 @@ from typing import Any
 
 import torch
 
-from ..data.collate import vision_tokens
-from .prefix_sharing import (
-    full_position_ids,
-    grouped_completion_logits,
-    prompt_inputs,
-    sample_groups,
-    supports_prefix_sharing,
-)
+from ..data.batch_layout import append_completions, has_image_grids, model_inputs, repeat_samples, vision_tokens
+from .prefix_sharing import full_position_ids, grouped_completion_logits, sample_groups, supports_prefix_sharing
 
 # --------------------------------------------------------------------------------------- tokens
 
 
 def suppressed_token_ids(processor: Any) -> list[int]:
-    """Tokens never sampled: the processor's own image and video markup (data.collate.vision_tokens:
+    """Tokens never sampled: the processor's own image and video markup (data.batch_layout.vision_tokens:
     Qwen's <|image_pad|> and <|vision_start|>, Idefics3's <image> and <fake_token_around_image>, Gemma
     3's <start_of_image>, ...). A completion holding one would no longer line up with the image
     features in a later forward pass, and it means nothing as text."""
@@ -87,65 +84,13 @@ class TokenRules:
                    tuple(suppressed_token_ids(processor)))
 
 
-# -------------------------------------------------------------------------------- batch layout
-
-
-def rows_per_sample(key: str, value: torch.Tensor, batch: dict[str, Any], image_counts: list[int]) -> list[int]:
-    """How many leading rows of `value` belong to each sample. Per-sample tensors (input_ids, masks,
-    Idefics3's padded image stacks, LLaVA-OneVision's batch_num_images) have one row per sample and
-    per-image ones (image_grid_thw, Gemma 3's and LLaVA-OneVision's pixel_values, image_sizes) one per
-    image; the Qwen families' pixel_values are the special case: every image's patches stacked flat,
-    t*h*w rows per image."""
-    if key == "pixel_values" and "image_grid_thw" in batch:
-        per_image = batch["image_grid_thw"].prod(dim=1).tolist()
-    else:
-        per_image = [1] * sum(image_counts)
-    rows, start = [], 0
-    for count in image_counts:
-        rows.append(int(sum(per_image[start:start + count])))
-        start += count
-    if value.shape[0] == sum(rows):
-        return rows
-    if value.shape[0] == len(image_counts):
-        return [1] * len(image_counts)
-    raise ValueError(f"cannot tell which rows of the processor's '{key}' ({tuple(value.shape)}) belong to which of "
-                     f"the {len(image_counts)} prompts ({sum(image_counts)} images)")
-
-
-def repeat_prompts(batch: dict[str, Any], times: int) -> dict[str, torch.Tensor]:
-    """Every model input of a prompt batch with each prompt (and its images) `times` times in a row:
-    rows 0..times-1 are prompt 0's group."""
-    tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    image_counts = list(batch.get("meta", {}).get("image_counts") or [1] * tensors["input_ids"].shape[0])
-    out = {}
-    for key, value in tensors.items():
-        chunks = torch.split(value, rows_per_sample(key, value, batch, image_counts))
-        out[key] = torch.cat([chunk for chunk in chunks for _ in range(times)])
-    return out
-
-
-def append_completions(prompts: dict[str, torch.Tensor], completion_ids: torch.Tensor,
-                       completion_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The model inputs of prompts followed by their completions: every per-token input grows by the
-    completion (attention from the completion mask; token types such as mm_token_type_ids or Gemma 3's
-    token_type_ids 0, text)."""
-    shape = prompts["input_ids"].shape
-    inputs = dict(prompts)
-    for key, value in prompts.items():
-        if key == "input_ids":
-            inputs[key] = torch.cat([value, completion_ids], dim=1)
-        elif key == "attention_mask":
-            inputs[key] = torch.cat([value, completion_mask.to(value.dtype)], dim=1)
-        elif value.shape == shape:
-            inputs[key] = torch.cat([value, value.new_zeros(completion_ids.shape)], dim=1)
-    return inputs
+# ------------------------------------------------------------------------------- prompt sharing
 
 
 def shares_prompts(batch: dict[str, Any], *models: torch.nn.Module | None) -> bool:
     """Whether log-prob passes can run each prompt of `batch` once under its completions, for every model
-    given (None entries are skipped): Qwen-style batches (image grids, token types) and models."""
-    return ("image_grid_thw" in batch and "mm_token_type_ids" in batch
-            and all(supports_prefix_sharing(m) for m in models if m is not None))
+    given (None entries are skipped): Qwen-style batches (data.batch_layout.has_image_grids) and models."""
+    return has_image_grids(batch) and all(supports_prefix_sharing(m) for m in models if m is not None)
 
 
 # ------------------------------------------------------------------------------------- sampling
@@ -178,10 +123,10 @@ def sample_completions(model: torch.nn.Module, batch: dict[str, Any], group_size
                         eos_token_id=list(rules.stop_ids),
                         min_new_tokens=min(sampling.min_new_tokens, sampling.max_new_tokens))
         if static:
-            return sample_groups(model, prompt_inputs(batch), group_size, sampling.max_new_tokens, top_k=sampling.top_k,
+            return sample_groups(model, model_inputs(batch), group_size, sampling.max_new_tokens, top_k=sampling.top_k,
                                  suppress_token_ids=list(rules.suppress_ids), compile_mode=sampling.compile_mode,
                                  **settings)
-        prompts = repeat_prompts(batch, group_size)
+        prompts = repeat_samples(batch, group_size)
         # Explicit settings win over a hub config's defaults (Qwen2-VL: top_k 1, temperature 0.01; the 7B's
         # repetition_penalty 1.05): completions come from the distribution the log-probs score.
         out = model.generate(**prompts, do_sample=True, max_new_tokens=sampling.max_new_tokens,
@@ -235,9 +180,9 @@ class Completions:
            shared: bool, **fields: Any) -> Any:
         mask = completion_mask(completion_ids, rules.stop_ids)
         if shared:
-            return cls(completion_ids=completion_ids, completion_mask=mask, prompts=prompt_inputs(batch),
+            return cls(completion_ids=completion_ids, completion_mask=mask, prompts=model_inputs(batch),
                        group_size=group_size, **fields)
-        inputs = append_completions(repeat_prompts(batch, group_size), completion_ids, mask)
+        inputs = append_completions(repeat_samples(batch, group_size), completion_ids, mask)
         return cls(completion_ids=completion_ids, completion_mask=mask, inputs=inputs, group_size=group_size, **fields)
 
     @property

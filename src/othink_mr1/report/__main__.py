@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 from ..utils.errors import ConfigError
+from .render import Table, csv_text, latex_document, markdown_document
 from .runs import RunResult, load_source
-from .tables import IncomparableRunsError, Table, build_tables
+from .tables import IncomparableRunsError, build_tables
 
 
 def default_out(source: str, group: str | None) -> Path:
@@ -30,18 +31,14 @@ def default_out(source: str, group: str | None) -> Path:
     return folder / ("report_wandb" if source.startswith("wandb-offline:") else "report")
 
 
-def render(tables: dict[str, Table]) -> str:
-    return "\n".join(t.markdown() for t in tables.values())
-
-
 def write_report(tables: dict[str, Table], runs: list[RunResult], out: Path, figures: bool = True) -> list[Path]:
     """tables.md, tables.tex, <table>.csv for each table, and the figures; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "tables.md", out / "tables.tex"]
-    written[0].write_text(render(tables))
-    written[1].write_text("\n".join(t.latex() for t in tables.values()))
+    written[0].write_text(markdown_document(tables.values()))
+    written[1].write_text(latex_document(tables.values()))
     for name, table in tables.items():
-        (out / f"{name}.csv").write_text(table.csv())
+        (out / f"{name}.csv").write_text(csv_text(table))
         written.append(out / f"{name}.csv")
     if "forgetting_vs_kl" in tables:  # the scatter's points, one row each
         from .frontier import drift_points_csv
@@ -78,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     written = write_report(tables, runs, out, figures=not args.no_figures)
-    print(render(tables))
+    print(markdown_document(tables.values()))
     print(f"[report] {len(runs)} runs; wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written))
     return 0
 

@@ -26,8 +26,9 @@ import statistics
 from dataclasses import dataclass
 
 from .intervals import CLAIMS, Interval, mean_interval, paired_difference
+from .render import Table
 from .runs import RunResult
-from .tables import IncomparableRunsError, Table, index_runs, ordered, protocol_of, row_key
+from .tables import IncomparableRunsError, index_runs, ordered, protocol_of, row_key
 
 # Accuracy readouts of a curve point: greedy (the paper's decoding) and sampled (mean@k at temperature 1).
 KINDS = {"greedy": "acc", "sampled": "acc_sampled"}

@@ -2,7 +2,8 @@
 
 Sources:
   - a sweep directory (outputs/sweeps/NAME) or any folder of run directories: results.json for a
-    finished run, error.json for a failed one, config.yaml alone for one that started and never ended;
+    finished run (read by othink_mr1.results, its format's owner), error.json for a failed one,
+    config.yaml alone for one that started and never ended;
     the sweep's multirun.yaml adds the cells that never started;
   - a folder of wandb offline runs (`wandb-offline:PATH`, or PATH when it holds no run directories);
   - `wandb:ENTITY/PROJECT` through the wandb API, for runs synced online.
@@ -20,25 +21,19 @@ from typing import Any, Callable, Iterable
 
 from ..naming import run_identity
 from ..evaluation.metrics import CURVE_POINT_METRICS
+from ..results import DEFAULT_SPLIT, LEGACY_PROTOCOL, task_protocol  # noqa: F401 - the tables read them here
+from ..results import FILE as RESULTS_FILE
+from ..results import read as read_results
 from ..utils.errors import ConfigError
 
 # The metrics the figures draw, by their logged names.
 CURVE_METRICS = ("train/reward", "train/kl", "train/beta")
 BASE_ROW = "base"
 # How an evaluation scored its answers, per task: "r1v" is R1-V's scoring, the paper's protocol (and the
-# evaluation's default); "normalized" is the older normalising geometry scorer.
+# evaluation's default); "normalized" is the older normalising geometry scorer. Runs that recorded no
+# protocol read as LEGACY_PROTOCOL ("normalized"), runs that recorded no split as DEFAULT_SPLIT ("test"):
+# the defaults of results.json's missing keys (results.py), which wandb runs share.
 PAPER_PROTOCOL = "r1v"
-# Runs written before the evaluation recorded a protocol have no "protocol" key: they were all scored
-# with the normalising scorer, so a missing key reads as "normalized" (never as the paper's r1v).
-LEGACY_PROTOCOL = "normalized"
-# The split a run was scored on (results.json "eval_split", eval.split); runs from before the validation
-# splits existed were all scored on test.
-DEFAULT_SPLIT = "test"
-
-
-def task_protocol(summary: dict[str, Any] | None) -> str:
-    """The scoring protocol of one per-task summary (results.json["after"][task]); legacy: normalized."""
-    return (summary or {}).get("protocol") or LEGACY_PROTOCOL
 
 
 @dataclass
@@ -112,17 +107,12 @@ def read_curve(curve: dict[str, Any] | None) -> dict[int, dict[str, dict[str, fl
 
 def read_run_dir(run_dir: Path, with_curves: bool = True) -> RunResult | None:
     """A run directory as a RunResult; None when the folder is not a run (no record of any kind)."""
-    results, error, config = run_dir / "results.json", run_dir / "error.json", run_dir / "config.yaml"
+    results, error, config = run_dir / RESULTS_FILE, run_dir / "error.json", run_dir / "config.yaml"
     if results.exists():
-        payload = json.loads(results.read_text())
-        after = payload.get("after") or {}
-        result = RunResult(**_identity(payload), status="finished",
-                           accuracy={t: s["accuracy"] for t, s in after.items()},
-                           protocol={t: task_protocol(s) for t, s in after.items()},
-                           seconds=payload.get("seconds"), train_seconds=(payload.get("train") or {}).get("seconds"),
-                           devices=(payload.get("hardware") or {}).get("devices"),
-                           eval_split=payload.get("eval_split") or DEFAULT_SPLIT,
-                           curve=read_curve(payload.get("curve")))
+        record = read_results(results)  # results.py: the format's one reader (older files' missing keys too)
+        result = RunResult(**_identity(record.identity), status="finished", accuracy=record.accuracy,
+                           protocol=record.protocols, seconds=record.seconds, train_seconds=record.train_seconds,
+                           devices=record.devices, eval_split=record.split, curve=read_curve(record.curve))
     elif error.exists():
         payload = json.loads(error.read_text())
         if payload.get("mode") is None and config.exists():

@@ -1,6 +1,6 @@
 """The paper's tables from RunResults: Table 1 (same task), its headline (GRPO-D's relative gains over
-SFT and GRPO beside the paper's), the cross-task table, ablation tables and a per-run listing; rendered
-as Markdown, CSV and LaTeX.
+SFT and GRPO beside the paper's), the cross-task table, ablation tables and a per-run listing: their rows
+and values, as Tables (report/render.py writes them out as Markdown, CSV and LaTeX).
 
 Accuracy is shown in percent, mean +- sample std over seeds with n. Cells that failed, never finished
 or never started are shown as such (with how many), never dropped. Relative change is the paper's
@@ -15,8 +15,6 @@ scorers do not give comparable numbers. Likewise every finished run must have be
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from dataclasses import dataclass, field
 from .intervals import CLAIMS, mean_interval, paired_difference
 from .paper import CROSS_TASK_2B, STATED_MODEL, STATED_RELATIVE, TABLE1
 from .relative import format_relative, relative_change
+from .render import Table
 from .runs import BASE_ROW, DEFAULT_SPLIT, LEGACY_PROTOCOL, PAPER_PROTOCOL, RunResult
 
 # The paper's row order in Table 1; other rows (ablation cells, other schedules) follow in sweep order.
@@ -80,52 +79,6 @@ class Stat:
         else:
             spread = f" ± {100 * self.std:.2f}" if self.n > 1 else ""
         return f"{100 * self.mean:.2f}{spread} (n={self.n}{', ' + status if status else ''})"
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[str]]
-    best: set[tuple[int, int]] = field(default_factory=set)  # (row, column) marked best
-    notes: list[str] = field(default_factory=list)
-
-    # ------------------------------------------------------------------------------- renderers
-    def markdown(self) -> str:
-        def cell(i: int, j: int, text: str) -> str:
-            return f"**{text}**" if (i, j) in self.best else text
-
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join(" --- " for _ in self.columns) + "|"]
-        lines += ["| " + " | ".join(cell(i, j, t) for j, t in enumerate(row)) + " |" for i, row in enumerate(self.rows)]
-        lines += [""] + [f"_{note}_" for note in self.notes]
-        return "\n".join(lines).rstrip() + "\n"
-
-    def csv(self) -> str:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(self.columns)
-        for i, row in enumerate(self.rows):
-            writer.writerow([f"{t} *" if (i, j) in self.best else t for j, t in enumerate(row)])
-        return out.getvalue()
-
-    def latex(self) -> str:
-        def esc(text: str) -> str:
-            for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                         ("±", r"$\pm$"), ("→", r"$\rightarrow$"), ("Δ", r"$\Delta$"), ("—", "---"),
-                         ("−", "-")):
-                text = text.replace(a, b)
-            return text
-
-        def cell(i: int, j: int, text: str) -> str:
-            return rf"\textbf{{{esc(text)}}}" if (i, j) in self.best else esc(text)
-
-        lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(self.title)}}}",
-                 r"\begin{tabular}{" + "l" * len(self.columns) + "}", r"\toprule",
-                 " & ".join(esc(c) for c in self.columns) + r" \\", r"\midrule"]
-        lines += [" & ".join(cell(i, j, t) for j, t in enumerate(row)) + r" \\" for i, row in enumerate(self.rows)]
-        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-        return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -1,16 +1,23 @@
 """Reward functions for GRPO: each `f(completions, **columns) -> list[float]`, one value per completion.
 
-`columns` are per-completion lists from the batch (`answer`, `question`, `scorer`, and `protocol`: the
-run's scoring protocol, `eval.protocol`; `r1v` when absent), so a reward can read whatever the data
-carries. Chosen and weighted in config (`method.rewards: {accuracy: 1.0,
-format: 1.0}`); the total is the weighted sum (R = R_acc + alpha * R_format in the paper, alpha = 1).
+`columns` are keyword lists with one value per completion (a prompt's G completions in a row), as TRL
+passes a dataset's columns: every field of the prompt's record, by its column name (each column of the
+row but the image ones: `problem`, `solution`, `ground_truth`, geometry's `family`, ...; None where the
+record lacks one), and `answer` (the ground truth as text), `question`, `scorer` (the task's) and
+`protocol` (the run's scoring protocol, `eval.protocol`; `r1v` when absent), which win over a record field
+of the same name. So a reward that reads a column, `def f(completions, *, difficulty, **_)`, needs only
+its entry in REWARDS below: no trainer or collator change (methods/grpo.py: reward_columns). Chosen and
+weighted in config (`method.rewards: {accuracy: 1.0, format: 1.0}`); the total is the weighted sum
+(R = R_acc + alpha * R_format in the paper, alpha = 1).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from .scorers import DEFAULT_PROTOCOL, format_ok, get_scorer
+from .base import DEFAULT_PROTOCOL
+from .format import format_ok
+from .scorers import get_scorer
 
 RewardFn = Callable[..., list[float]]
 

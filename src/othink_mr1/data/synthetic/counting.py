@@ -12,8 +12,10 @@ ground_truth}.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -92,6 +94,15 @@ def render_scene(rng: random.Random, count: int, image_size: int, style: SceneSt
         cy = offset + (cell // grid) * CELL + CELL // 2 + rng.randint(-slack, slack)
         _draw_object(draw, rng.choice(style.shapes), cx, cy, r, rng.choice(style.colors))
     return image
+
+
+def check_config(synthetic: Any, key: str) -> None:
+    """The config check's hook (see data/synthetic/__init__.py): `synthetic.image_size` must fit a scene of
+    MAX_OBJECTS objects, one per 28px cell (a merged visual token); a ValueError naming `key` otherwise."""
+    grid = math.isqrt(MAX_OBJECTS - 1) + 1  # the smallest square grid with MAX_OBJECTS cells: 4x4 for 10
+    if (synthetic.image_size // CELL) ** 2 < MAX_OBJECTS:
+        raise ValueError(f"{key}.image_size={synthetic.image_size}: counting scenes of up to {MAX_OBJECTS} "
+                         f"objects need at least {grid * CELL}px")
 
 
 def make_item(split: str, index: int, seed: int, image_size: int, render: bool = True) -> dict:

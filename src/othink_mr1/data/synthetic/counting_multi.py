@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 
 from .counting import MAX_OBJECTS, MIN_OBJECTS, TEST_STYLE, TRAIN_STYLE, render_scene
+from .counting import check_config  # noqa: F401 - the config check's hook: the same scenes, the same image size
 
 # Questions by number of images: the total is asked for, so one image reads as the counting task.
 TRAIN_QUESTIONS = {

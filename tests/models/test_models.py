@@ -1,0 +1,177 @@
+"""The model factory: the tiny offline Qwen2-VL, tiny_base's accuracy window, pretrained loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CACHE, compose_config
+from PIL import Image
+
+from othink_mr1.data.collate import PromptCollator
+from othink_mr1.data.records import Example
+from othink_mr1.models.factory import ModelError, load_local, load_model, tiny_folder
+from othink_mr1.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_model, build_tokenizer
+
+
+def test_tokenizer_has_qwen2_specials_in_order_and_round_trips_any_text(tiny):
+    _, processor = tiny
+    tok = processor.tokenizer
+    assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    assert (tok.eos_token, tok.pad_token, tok.padding_side) == ("<|im_end|>", "<|endoftext|>", "left")
+    for text in ("angle CED = 140°", "4√{3}cm", "\\frac{5}{2}", "12米 and 3海里", "How many items?  Output"):
+        assert tok.decode(tok(text)["input_ids"]) == text
+    # Qwen2's pre-tokenizer splits numbers into single digits.
+    assert tok.tokenize("1234") == ["1", "2", "3", "4"]
+
+
+def test_chat_template_is_qwen2_vl_format(tiny):
+    _, processor = tiny
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    "<|vision_start|><|image_pad|><|vision_end|>How many?<|im_end|>\n<|im_start|>assistant\n")
+    assert processor.chat_template == CHAT_TEMPLATE
+
+
+def test_processor_gives_16_visual_tokens_for_a_112px_image(tiny):
+    _, processor = tiny
+    example = Example(images=[Image.new("RGB", (112, 112), "white")], question="q", answer="1", target="", index=0)
+    batch = PromptCollator(processor, "{question}")([example])
+    assert batch["image_grid_thw"].tolist() == [[1, 8, 8]]
+    assert batch["pixel_values"].shape == (64, 1176)  # 8x8 patches of 2x14x14x3
+    assert int((batch["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum()) == 16
+
+
+def test_tiny_is_deterministic_for_a_seed_and_differs_across_seeds():
+    cfg = compose_config(["model=tiny"]).model
+    tok_a, tok_b = build_tokenizer(cfg.tiny.vocab_size), build_tokenizer(cfg.tiny.vocab_size)
+    assert tok_a.get_vocab() == tok_b.get_vocab()
+    a, b = build_model(cfg.tiny, tok_a), build_model(cfg.tiny, tok_b)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    cfg.tiny.seed = 1
+    c = build_model(cfg.tiny, tok_a)
+    assert not torch.equal(a.model.language_model.embed_tokens.weight, c.model.language_model.embed_tokens.weight)
+    assert sum(p.numel() for p in a.parameters()) < 2_000_000
+
+
+def test_saved_tiny_reloads_with_identical_logits(tiny):
+    model, processor = tiny
+    cfg = compose_config(["model=tiny"]).model
+    reloaded, reloaded_processor = load_local(tiny_folder(cfg, CACHE))
+    example = Example(images=[Image.new("RGB", (112, 112), "red")], question="How many items?", answer="1", target="", index=0)
+    batch = PromptCollator(processor, "{question}")([example])
+    inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    with torch.no_grad():
+        assert torch.equal(model.eval()(**inputs).logits, reloaded.eval()(**inputs).logits)
+    assert reloaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+
+
+def test_pretrained_source_loads_a_local_folder_and_sets_the_image_budget():
+    cfg = compose_config(["model=qwen2_vl_2b_instruct", f"model.path={tiny_folder(compose_config(['model=tiny']).model, CACHE)}",
+                          "model.dtype=float32", "model.max_pixels=50176"]).model
+    model, processor = load_model(cfg, CACHE)
+    assert model.config.model_type == "qwen2_vl"
+    assert processor.image_processor.size["longest_edge"] == 50176
+    assert processor.image_processor.size["shortest_edge"] == 3136
+
+
+def test_hub_id_offline_fails_naming_model_path():
+    cfg = compose_config(["model=qwen2_vl_2b_instruct"]).model
+    with pytest.raises(ModelError, match="model.path='Qwen/Qwen2-VL-2B-Instruct'"):
+        load_model(cfg, CACHE)
+
+
+def test_unknown_dtype_is_named():
+    cfg = compose_config(["model=tiny", "model.dtype=float8"]).model
+    with pytest.raises(ModelError, match="model.dtype='float8'"):
+        load_model(cfg, CACHE)
+
+
+
+def test_unbuilt_tiny_base_is_a_model_error_saying_how_to_build_it(tmp_path):
+    """The factory only loads folders: building tiny_base trains, which is jobs.tiny_base's work."""
+    cfg = compose_config(["model=tiny_base"]).model
+    with pytest.raises(ModelError, match="is not built at .*ensure_built"):
+        load_model(cfg, tmp_path)
+    assert not (tmp_path / "models").exists()  # nothing was built on the way
+
+class _Verdict:
+    def __init__(self, correct):
+        self.correct = correct
+
+    def score(self, completion, answer):
+        return type("Score", (), {"correct": self.correct(completion)})()
+
+
+@pytest.mark.parametrize("verdict,expected", [
+    (lambda text: True, (1.0, 1.0, 1.0)),
+    (lambda text: False, (0.0, 0.0, 1.0)),
+])
+def test_sampling_headroom_aggregates_group_verdicts(monkeypatch, verdict, expected):
+    """mean accuracy, pass@G and zero-variance groups from the verdicts of each prompt's G samples."""
+    import othink_mr1.jobs.tiny_base as job
+
+    cfg = compose_config(["model=tiny"]).model
+    model, processor = load_model(cfg, CACHE)
+    monkeypatch.setattr(job, "get_scorer", lambda name, protocol: _Verdict(verdict))
+    h = job.sampling_headroom(model, processor, job.synthetic_task("counting"), CACHE, prompts=3, group=2)
+    assert (h["mean_accuracy"], h["pass_at_group"], h["zero_variance_groups"]) == expected
+    assert (h["prompts"], h["group_size"], h["temperature"]) == (3, 2, 1.0)
+
+
+def test_tiny_base_acceptance_tasks_are_the_configured_synthetic_tasks():
+    """The build checks its window on the same splits and prompts `task=counting|geometry` use."""
+    from othink_mr1.jobs.tiny_base import ACCEPTANCE_TASKS, synthetic_task
+
+    cfg = compose_config([], shrink=False)
+    for name in ACCEPTANCE_TASKS:
+        built, configured = synthetic_task(name), cfg.tasks[name]
+        for key in ("source", "scorer", "prompt", "synthetic", "max_new_tokens"):
+            assert built[key] == configured[key], (name, key)
+
+
+def test_building_tiny_base_leaves_the_callers_random_state_as_it_was(tmp_path, monkeypatch):
+    """A run seeds, then builds tiny_base on first use: the build's draws must not shift the run's, or the first
+    run on a fresh checkout would train differently from every later one (which finds the model cached)."""
+    import random
+
+    import numpy as np
+
+    import othink_mr1.jobs.tiny_base as job
+
+    def drawing_build(model_cfg, tiny_dir, out_dir, cache_dir):
+        torch.rand(3), random.random(), np.random.rand(2)  # what loaders, shuffles and dropout do
+        (out_dir / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setattr(job, "build_tiny_base", drawing_build)
+    monkeypatch.setattr(job, "tiny_folder", lambda cfg, cache: tmp_path / "tiny")
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    job.ensure_built(compose_config(["model=tiny_base"]).model, tmp_path)
+    after_build = torch.rand(1).item(), random.random(), np.random.rand()
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    assert (torch.rand(1).item(), random.random(), np.random.rand()) == after_build
+
+
+def test_building_tiny_base_uses_the_builds_thread_count_and_gives_the_caller_its_own_back(tmp_path, monkeypatch):
+    """A joblib worker runs with 1 torch thread, `make run` with one per core; the thread count changes the float
+    reductions, so the build pins it: the same weights whichever process builds them first."""
+    import othink_mr1.jobs.tiny_base as job
+
+    seen = []
+
+    def recording_build(model_cfg, tiny_dir, out_dir, cache_dir):
+        seen.append(torch.get_num_threads())
+        (out_dir / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setattr(job, "build_tiny_base", recording_build)
+    monkeypatch.setattr(job, "tiny_folder", lambda cfg, cache: tmp_path / "tiny")
+    before = torch.get_num_threads()
+    caller = 1 if job.BUILD_NUM_THREADS != 1 else 3
+    torch.set_num_threads(caller)
+    try:
+        job.ensure_built(compose_config(["model=tiny_base"]).model, tmp_path)
+        assert seen == [job.BUILD_NUM_THREADS]
+        assert torch.get_num_threads() == caller
+    finally:
+        torch.set_num_threads(before)
