@@ -2,7 +2,7 @@
 
     python bench/hostile_scoring.py [--generated 2000] [--out bench/results/hostile_scoring.json]
 
-Scores every hand-written hostile output of tests/test_hostile_completions.py (100,000-character
+Scores every hand-written hostile output of tests/rewards/test_hostile_completions.py (100,000-character
 outputs, unclosed and repeated tags, 20,000 listed numbers, a 50,000-digit number, LaTeX fragments,
 ...) and --generated random tag-soup completions with both scorers under both scoring protocols (r1v,
 normalized) and the format check, after one warm-up call (math-verify's import), and records the worst

@@ -4,7 +4,7 @@
 The three roles of an image-text model (`vision_tower`, `merger`, `language_model`) are resolved from
 the loaded model's structure, not from module names, so the same settings mean the same thing on every
 `AutoModelForImageTextToText` family (tested on Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Idefics3/SmolVLM,
-LLaVA, LLaVA-OneVision and Gemma3 in tests/test_roles.py):
+LLaVA, LLaVA-OneVision and Gemma3 in tests/models/test_roles.py):
 
 - language_model: the outermost submodule whose `config` is the model's text config
   (`config.get_text_config()`), plus the output head (`get_output_embeddings()`, `lm_head`).

@@ -2,7 +2,7 @@
 
 Accuracy in percent. Table 1 is printed in the paper. The cross-task values are not printed: the paper
 gives relative changes only, and the absolute values here are the ones those changes imply (they
-reproduce every stated percentage, see tests/test_report_relative.py).
+reproduce every stated percentage, see tests/report/test_report_relative.py).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ __all__ = [
 # parse("$4\\sqrt{3}$") gives 4*sqrt(3). It also does not know GeoQA's unicode root sign ("4√{3}"
 # parses to 4, "\\frac{√{3}}{2}" to nothing) or its Chinese units ("$12厘米$"). The functions below
 # rewrite both the ground truth and the model's answer into plain LaTeX math before parsing. Every
-# rule was checked against the 754 GeoQA test ground truths (see tests/test_scorers.py).
+# rule was checked against the 754 GeoQA test ground truths (see tests/rewards/test_scorers.py).
 
 # Characters that have a direct LaTeX equivalent. "π" gets a trailing space so that "πr" does not
 # become the unknown command "\pir"; the space is harmless inside math.
