@@ -269,6 +269,15 @@ def _golden_view(name: str) -> dict:
     return plain
 
 
+def _without_new_unused_tasks(view: dict, golden: dict) -> dict:
+    """`view` without the tasks that its golden lacks and the experiment neither trains nor scores: adding a
+    task (its YAML and its line in conf/config.yaml) leaves every paper experiment as it was, while a
+    changed or removed task the golden holds, or a new one the experiment uses, still fails."""
+    used = {view["task"]["name"], *view["eval"]["tasks"]}
+    new = set(view["tasks"]) - set(golden.get("tasks", {})) - used
+    return {**view, "tasks": {name: task for name, task in view["tasks"].items() if name not in new}}
+
+
 @pytest.mark.parametrize("name", options("experiment"))
 def test_paper_experiment_matches_its_golden_config(name, request):
     """verl-style: a changed default that alters a paper experiment fails here until the golden
@@ -279,7 +288,21 @@ def test_paper_experiment_matches_its_golden_config(name, request):
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(yaml.safe_dump(view, sort_keys=True, allow_unicode=True))
     assert golden.exists(), f"no golden config for experiment {name}: run pytest --update-golden"
-    assert yaml.safe_load(golden.read_text()) == view
+    expected = yaml.safe_load(golden.read_text())
+    assert expected == _without_new_unused_tasks(view, expected)
+
+
+def test_a_new_task_leaves_the_goldens_but_a_changed_or_used_one_does_not():
+    expected = yaml.safe_load((GOLDEN / "paper_grpo_d_counting_2b.yaml").read_text())
+    view = _golden_view("paper_grpo_d_counting_2b")
+    dice = {**view["tasks"]["counting"], "name": "dice", "source": "synthetic_dice"}
+    assert _without_new_unused_tasks({**view, "tasks": {**view["tasks"], "dice": dice}}, expected) == expected
+    scored = {**view, "tasks": {**view["tasks"], "dice": dice}, "eval": {**view["eval"], "tasks": ["counting", "dice"]}}
+    assert _without_new_unused_tasks(scored, expected) != expected
+    changed = {**view["tasks"], "geometry": {**view["tasks"]["geometry"], "max_new_tokens": 7}}
+    assert _without_new_unused_tasks({**view, "tasks": changed}, expected) != expected
+    removed = {k: v for k, v in view["tasks"].items() if k != "geoqa"}
+    assert _without_new_unused_tasks({**view, "tasks": removed}, expected) != expected
 
 
 def test_every_task_names_a_source_and_a_scorer_that_resolve():
@@ -299,8 +322,8 @@ def test_every_task_names_a_source_and_a_scorer_that_resolve():
 
 
 def test_an_unknown_source_is_refused_naming_the_key_and_the_sources(tmp_path):
-    with pytest.raises(ConfigError, match=r"^task.source='synthetic_dice': expected one of \[") as err:
-        check_config(compose_config(["task.source=synthetic_dice"], output_dir=tmp_path))
+    with pytest.raises(ConfigError, match=r"^task.source='synthetic_no_such_generator': expected one of \[") as err:
+        check_config(compose_config(["task.source=synthetic_no_such_generator"], output_dir=tmp_path))
     for source in ("synthetic_counting", "synthetic_counting_multi", "synthetic_geometry", "r1v"):
         assert f"'{source}'" in str(err.value)
 
