@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CACHE, compose_config
+from conftest import CACHE, CONF, compose_config
 from PIL import Image
 
 from othink_mr1.data.collate import PromptCollator
@@ -120,15 +120,24 @@ def test_sampling_headroom_aggregates_group_verdicts(monkeypatch, verdict, expec
     assert (h["prompts"], h["group_size"], h["temperature"]) == (3, 2, 1.0)
 
 
-def test_tiny_base_acceptance_tasks_are_the_configured_synthetic_tasks():
-    """The build checks its window on the same splits and prompts `task=counting|geometry` use."""
+def test_the_acceptance_tasks_are_composed_without_the_runs_overrides():
+    """tiny_base's acceptance check scores `tasks.<name>` as the config composes it with no overrides, inside a
+    Hydra app (a run's own overrides ignored) and outside one alike."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
     from othink_mr1.jobs.tiny_base import ACCEPTANCE_TASKS, synthetic_task
 
-    cfg = compose_config([], shrink=False)
-    for name in ACCEPTANCE_TASKS:
-        built, configured = synthetic_task(name), cfg.tasks[name]
-        for key in ("source", "scorer", "prompt", "synthetic", "max_new_tokens"):
-            assert built[key] == configured[key], (name, key)
+    plain = {name: OmegaConf.to_container(compose_config([], shrink=False).tasks[name], resolve=True)
+             for name in ACCEPTANCE_TASKS}
+    GlobalHydra.instance().clear()
+    assert {name: OmegaConf.to_container(synthetic_task(name), resolve=True) for name in ACCEPTANCE_TASKS} == plain
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        run = compose("config", overrides=["task=geometry", "task.synthetic.num_test=5", "tasks.counting.max_new_tokens=9"])
+        assert (run.task.synthetic.num_test, run.tasks.counting.max_new_tokens) == (5, 9)
+        inside = {name: OmegaConf.to_container(synthetic_task(name), resolve=True) for name in ACCEPTANCE_TASKS}
+    assert inside == plain and plain["counting"]["max_new_tokens"] != 9
 
 
 def test_building_tiny_base_leaves_the_callers_random_state_as_it_was(tmp_path, monkeypatch):
