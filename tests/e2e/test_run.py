@@ -90,28 +90,6 @@ def test_an_unfinished_attempt_is_kept_aside(make_cfg):
     assert (run_dir / "results.json").is_file()
 
 
-def test_resume_auto_continues_only_where_a_checkpoint_is_and_sets_a_failed_record_aside(make_cfg, tmp_path):
-    from othink_mr1.config_checks import check_config
-    from othink_mr1.runner import resume_checkpoint
-    from othink_mr1.utils.run_dir import claim_run_dir
-
-    cfg, run_dir = make_cfg(*TINY, "resume=auto"), tmp_path / "cell"
-    assert resume_checkpoint(cfg, run_dir) is None  # no checkpoint yet: a fresh start
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    ckpt.write_bytes(b"weights")
-    assert resume_checkpoint(cfg, run_dir) == ckpt
-    evaluation = make_cfg("mode=eval", *TINY, "resume=auto")  # a sweep's base cell: accepted, a no-op
-    check_config(evaluation)
-    assert resume_checkpoint(evaluation, run_dir) is None
-    # A failed attempt that is resumed keeps its files; its error record moves aside, not away.
-    (run_dir / "error.json").write_text('{"status": "failed"}')
-    (run_dir / "meta.json").write_text("{}")
-    moved = claim_run_dir(run_dir, keep=True)
-    assert (moved / "error.json").read_text() == '{"status": "failed"}'
-    assert not (run_dir / "error.json").exists() and (run_dir / "meta.json").exists() and ckpt.read_bytes() == b"weights"
-
-
 def test_eval_mode_scores_a_checkpoint_and_an_exported_model(finished_run, make_cfg):
     _, run_dir, results = finished_run
     for ckpt in (run_dir / "checkpoints" / "last.ckpt", run_dir / "model"):
@@ -332,18 +310,3 @@ def test_eval_mode_honours_every_tasks_overrides(make_cfg):
     assert {task: scores["n"] for task, scores in saved.items()} == {"counting": 5, "geometry": 2}
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["mode=eval", "task.eval_size=5", "tasks.counting.eval_size=4"],
-     "tasks.counting.eval_size=4 and task.eval_size=5 disagree: in mode=eval both set task 'counting'"),
-    (["mode=eval", "task.eval_size=5", "eval.tasks=[geometry]"],
-     r"task.eval_size=5: mode=eval scores eval.tasks=\['geometry'\], which leaves out 'counting'.*"
-     r"set tasks.<name>.eval_size"),
-    (["tasks.counting.eval_size=4"], "'counting' is the trained task, so task.* describes it .*set task.eval_size"),
-])
-def test_task_overrides_that_would_be_ignored_are_errors(make_cfg, overrides, message):
-    from othink_mr1.config_checks import check_config
-
-    with pytest.raises(ConfigError, match=message):
-        check_config(make_cfg(*overrides), overrides)
-    # Without the command line (a config composed elsewhere) nothing is known to clash.
-    check_config(make_cfg(*overrides))
