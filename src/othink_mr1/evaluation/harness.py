@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..data.batch_layout import model_inputs
 from ..models.rollouts import completion_mask, stop_token_ids, suppressed_token_ids
 from ..rewards.base import DEFAULT_PROTOCOL, check_protocol
 from ..rewards.scorers import get_scorer
@@ -46,7 +47,7 @@ def generate(model: Any, processor: Any, batch: dict[str, Any], max_new_tokens: 
     first stop token, `stop_token_ids`; the full budget when it never stopped). Greedy unless `sampling`
     passes generate() options (do_sample, temperature, num_return_sequences: rows then come prompt by prompt)."""
     tokenizer = processor.tokenizer
-    inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    inputs = model_inputs(batch)
     stop_ids = stop_token_ids(model, tokenizer)
     # do_sample=False wins over a hub config's sampling defaults (Qwen2-VL: do_sample, top_k 1, temperature 0.01).
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, **{"do_sample": False, **(sampling or {})},

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from typing import Any
 from othink_mr1.evaluation.metrics import ItemResult, score_item, summarize
 from othink_mr1.rewards.base import DEFAULT_PROTOCOL, PROTOCOLS
 from othink_mr1.rewards.scorers import SCORERS, get_scorer
+from othink_mr1.utils.checkout import conf_dir
 
 __all__ = ["RescoreError", "load_records", "main", "scorer_for"]
 
@@ -55,8 +55,8 @@ class RescoreError(ValueError):
 
 
 def task_dir() -> Path:
-    """conf/task/ of the checkout (OTHINK_ROOT, which run.py and the tests set, else this package's checkout)."""
-    return Path(os.environ.get("OTHINK_ROOT") or Path(__file__).resolve().parents[3]) / "conf" / "task"
+    """conf/task/ of the checkout (utils.checkout.conf_dir)."""
+    return conf_dir() / "task"
 
 
 def task_names() -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from ..models.factory import cached_build, load_local, tiny_base_folder, tiny_fo
 from ..models.tiny import R1V_SUFFIXES
 from ..rewards.base import DEFAULT_PROTOCOL
 from ..rewards.scorers import get_scorer
+from ..utils.checkout import conf_dir
 from ..utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,6 @@ PRETRAIN_IMAGE_SIZE = SyntheticDataConfig().image_size
 # at commit b3f1f98: built in a joblib worker (1 thread) tiny_base scored 51.5% on counting, built by `make run`
 # (2 threads) 25.0%. 2 is the development machine's core count, where the documented tiny_base was built.
 BUILD_NUM_THREADS = 2
-# The checkout whose conf/ the acceptance tasks are composed from outside a Hydra app (run.py and the tests set
-# OTHINK_ROOT).
-ROOT = Path(os.environ.get("OTHINK_ROOT") or Path(__file__).resolve().parents[3])
 
 
 def synthetic_task(name: str) -> Any:
@@ -78,7 +75,7 @@ def synthetic_task(name: str) -> Any:
 
     if GlobalHydra.instance().is_initialized():  # inside run.py's app or a sweep's job: its own config search path
         return compose("config").tasks[name]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose("config").tasks[name]
 
 

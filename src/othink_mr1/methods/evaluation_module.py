@@ -89,9 +89,6 @@ class EvaluationModule(pl.LightningModule):
             self.model.train()
 
     # ---------------------------------------------------------------------------------- helpers
-    def model_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 

@@ -7,12 +7,13 @@ from typing import Any
 
 import torch
 
+from ..data.batch_layout import model_inputs
 from .evaluation_module import TrainableModule
 
 
 class SFTModule(TrainableModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        inputs = self.model_inputs(batch)
+        inputs = model_inputs(batch)
         loss = self.model(**inputs).loss
         self.samples_seen += int(inputs["input_ids"].shape[0]) * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 from ..naming import run_identity
 from ..evaluation.metrics import CURVE_POINT_METRICS
-from ..results import DEFAULT_SPLIT, LEGACY_PROTOCOL, task_protocol  # noqa: F401 - the tables read them here
+from ..results import DEFAULT_SPLIT, task_protocol
 from ..results import FILE as RESULTS_FILE
 from ..results import read as read_results
 from ..utils.errors import ConfigError

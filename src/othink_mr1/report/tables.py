@@ -19,11 +19,12 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from ..results import DEFAULT_SPLIT, LEGACY_PROTOCOL
 from .intervals import CLAIMS, mean_interval, paired_difference
 from .paper import CROSS_TASK_2B, STATED_MODEL, STATED_RELATIVE, TABLE1
 from .relative import format_relative, relative_change
 from .render import Table
-from .runs import BASE_ROW, DEFAULT_SPLIT, LEGACY_PROTOCOL, PAPER_PROTOCOL, RunResult
+from .runs import BASE_ROW, PAPER_PROTOCOL, RunResult
 
 # The paper's row order in Table 1; other rows (ablation cells, other schedules) follow in sweep order.
 PAPER_ROWS = (BASE_ROW, "grpo", "sft", "grpo_d")
