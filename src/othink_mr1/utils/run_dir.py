@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .errors import RunExistsError
+from .machine import machine_info
 
 # A run is finished once this file exists: it is written last.
 FINISHED_MARKER = "results.json"
@@ -93,15 +94,17 @@ def write_run_record(run_dir: Path, cfg: Any, root: Path, overrides: list[str] |
         "git": git_state(root),
         "versions": package_versions(),
         "host": platform.node(),
+        "machine": machine_info(),
     }
     (run_dir / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {'a.b.c': leaf}."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: node}
 
@@ -114,8 +117,8 @@ def config_differences(run_dir: Path, cfg: Any) -> list[str]:
     """Keys whose value differs from the run's saved config.yaml, except RESUMABLE_CHANGES."""
     import yaml
 
-    saved = _flatten(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
-    current = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    saved = flatten(yaml.safe_load((Path(run_dir) / "config.yaml").read_text()))
+    current = flatten(OmegaConf.to_container(cfg, resolve=True))
     keys = sorted(k for k in set(saved) | set(current)
                   if not k.startswith(RESUMABLE_CHANGES) and saved.get(k) != current.get(k))
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys]
