@@ -34,7 +34,6 @@ def main() -> None:
     from othink_mr1.data.tasks import TaskSplit, load_split
     from othink_mr1.evaluation.harness import generate
     from othink_mr1.evaluation.metrics import score_item, summarize
-    from othink_mr1.jobs.tiny_base import ensure_built
     from othink_mr1.models.factory import load_model
     from othink_mr1.rewards.scorers import get_scorer
     from othink_mr1.utils.quiet import quiet_third_party
@@ -43,7 +42,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = compose("model=tiny_base")
     model_cfg = cfg.model
-    ensure_built(model_cfg, args.cache)
     model, processor = load_model(model_cfg, args.cache)
     model.eval()
 

@@ -48,12 +48,10 @@ def eval_items_per_second(batch_sizes: tuple[int, ...], items: int = 64) -> list
     from othink_mr1.data.tasks import TaskSplit, load_split
     from othink_mr1.evaluation.harness import generate
     from othink_mr1.evaluation.metrics import score_item
-    from othink_mr1.jobs.tiny_base import ensure_built
     from othink_mr1.models.factory import load_model
     from othink_mr1.rewards.scorers import get_scorer
 
     cfg = compose("model=tiny_base", "task=geometry")
-    ensure_built(cfg.model, cfg.paths.cache_dir)
     model, processor = load_model(cfg.model, cfg.paths.cache_dir)
     model.eval()
     split = TaskSplit(cfg.task, "test", load_split(cfg.task, "test", cfg.paths.cache_dir))

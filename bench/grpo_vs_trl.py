@@ -4,7 +4,7 @@
     python bench/grpo_vs_trl.py [--pairs 5] [--steps 3] [--prompts 16] [--generations 8] [--tokens 64]
                                 [--threads 2] [--out bench/results/grpo_vs_trl.json]
 
-Same work on both sides: the saved tiny_base model (the framework's cache; TRL loads the same folder),
+Same work on both sides: the shipped tiny_base model (models/tiny_base; TRL loads the same folder),
 the synthetic counting train prompts and images through the same processor and chat template, G
 completions per prompt of exactly --tokens tokens (min = max new tokens), temperature 1, beta 0.04 so
 both compute a reference, one update per rollout (mu 1), the per-sequence token-mean loss ("grpo"),
@@ -61,7 +61,7 @@ def our_side(args: argparse.Namespace, out: Path, *overrides: str) -> dict[str, 
     collate = PromptCollator(processor, cfg.task.prompt, split="counting train")
     loader = DataLoader(split, batch_size=P, shuffle=True, collate_fn=collate, generator=torch.Generator().manual_seed(0))
     return {"cfg": cfg, "module": module, "processor": processor, "split": split, "collate": collate, "loader": loader,
-            "folder": tiny_base_folder(cfg.model, cfg.paths.cache_dir)}
+            "folder": tiny_base_folder(cfg.model)}
 
 
 def trl_side(args: argparse.Namespace, ours: dict[str, Any], out: Path) -> Any:

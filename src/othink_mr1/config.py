@@ -151,6 +151,8 @@ class ModelConfig:
     name: str = MISSING
     # tiny | tiny_base | pretrained (a hub id or a local folder, loaded with from_pretrained).
     source: str = MISSING
+    # pretrained: the hub id or folder. tiny_base: a folder built by `python -m othink_mr1.jobs.tiny_base`
+    # (null: the one the project ships, models/tiny_base/).
     path: Optional[str] = None
     dtype: str = "float32"
     attn_implementation: str = "sdpa"

@@ -155,10 +155,6 @@ def load_weights(cfg: DictConfig) -> tuple[Any, Any]:
     if cfg.ckpt and Path(cfg.ckpt).is_dir():
         model, processor = load_local(cfg.ckpt, **load_kwargs(m))
     else:
-        if m.source == "tiny_base":  # the factory only loads folders; building tiny_base is a training job
-            from .jobs.tiny_base import ensure_built
-
-            ensure_built(m, cfg.paths.cache_dir)
         model, processor = load_model(m, cfg.paths.cache_dir)
         if cfg.ckpt:
             model = load_checkpoint_weights(model, cfg.ckpt)

@@ -35,10 +35,7 @@ def compactions(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_base():
     """tiny_base (trained to answer, so its completions end at different lengths)."""
-    from othink_mr1.jobs.tiny_base import ensure_built
-
     cfg = compose_config(["model=tiny_base"])
-    ensure_built(cfg, CACHE)
     return load_model(cfg.model, str(CACHE))
 
 

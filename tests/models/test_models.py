@@ -89,13 +89,6 @@ def test_unknown_dtype_is_named():
 
 
 
-def test_unbuilt_tiny_base_is_a_model_error_saying_how_to_build_it(tmp_path):
-    """The factory only loads folders: building tiny_base trains, which is jobs.tiny_base's work."""
-    cfg = compose_config(["model=tiny_base"]).model
-    with pytest.raises(ModelError, match="is not built at .*ensure_built"):
-        load_model(cfg, tmp_path)
-    assert not (tmp_path / "models").exists()  # nothing was built on the way
-
 class _Verdict:
     def __init__(self, correct):
         self.correct = correct
@@ -140,47 +133,97 @@ def test_the_acceptance_tasks_are_composed_without_the_runs_overrides():
     assert inside == plain and plain["counting"]["max_new_tokens"] != 9
 
 
+def _fake_build(tmp_path, monkeypatch, body):
+    """jobs.tiny_base with its training replaced by `body(out_dir)` (the folder logic, not the minutes)."""
+    import othink_mr1.jobs.tiny_base as job
+
+    def build(model_cfg, tiny_dir, out_dir, cache_dir):
+        body(out_dir)
+        (out_dir / "model.safetensors").write_bytes(b"weights")
+
+    monkeypatch.setattr(job, "build_tiny_base", build)
+    monkeypatch.setattr(job, "tiny_folder", lambda cfg, cache: tmp_path / "tiny")
+    # git runs as a subprocess (the e2e build test runs it for real)
+    monkeypatch.setattr(job, "git_state", lambda root: {"sha": "0123456789" * 4, "dirty": False})
+    return job
+
+
 def test_building_tiny_base_leaves_the_callers_random_state_as_it_was(tmp_path, monkeypatch):
-    """A run seeds, then builds tiny_base on first use: the build's draws must not shift the run's, or the first
-    run on a fresh checkout would train differently from every later one (which finds the model cached)."""
+    """The build's draws (loaders, shuffles, dropout) must not shift a caller's: restoring the generators keeps
+    whatever runs after a build the same as without it."""
     import random
 
     import numpy as np
 
-    import othink_mr1.jobs.tiny_base as job
-
-    def drawing_build(model_cfg, tiny_dir, out_dir, cache_dir):
-        torch.rand(3), random.random(), np.random.rand(2)  # what loaders, shuffles and dropout do
-        (out_dir / "model.safetensors").write_bytes(b"")
-
-    monkeypatch.setattr(job, "build_tiny_base", drawing_build)
-    monkeypatch.setattr(job, "tiny_folder", lambda cfg, cache: tmp_path / "tiny")
+    job = _fake_build(tmp_path, monkeypatch, lambda out: (torch.rand(3), random.random(), np.random.rand(2)))
     torch.manual_seed(7), random.seed(7), np.random.seed(7)
-    job.ensure_built(compose_config(["model=tiny_base"]).model, tmp_path)
+    job.build_folder(compose_config(["model=tiny_base"]).model, tmp_path / "built", tmp_path)
     after_build = torch.rand(1).item(), random.random(), np.random.rand()
     torch.manual_seed(7), random.seed(7), np.random.seed(7)
     assert (torch.rand(1).item(), random.random(), np.random.rand()) == after_build
 
 
 def test_building_tiny_base_uses_the_builds_thread_count_and_gives_the_caller_its_own_back(tmp_path, monkeypatch):
-    """A joblib worker runs with 1 torch thread, `make run` with one per core; the thread count changes the float
-    reductions, so the build pins it: the same weights whichever process builds them first."""
-    import othink_mr1.jobs.tiny_base as job
-
+    """The thread count changes the float reductions, so the build pins it (and records it in the manifest):
+    the same weights whichever process builds them."""
     seen = []
-
-    def recording_build(model_cfg, tiny_dir, out_dir, cache_dir):
-        seen.append(torch.get_num_threads())
-        (out_dir / "model.safetensors").write_bytes(b"")
-
-    monkeypatch.setattr(job, "build_tiny_base", recording_build)
-    monkeypatch.setattr(job, "tiny_folder", lambda cfg, cache: tmp_path / "tiny")
+    job = _fake_build(tmp_path, monkeypatch, lambda out: seen.append(torch.get_num_threads()))
     before = torch.get_num_threads()
     caller = 1 if job.BUILD_NUM_THREADS != 1 else 3
     torch.set_num_threads(caller)
     try:
-        job.ensure_built(compose_config(["model=tiny_base"]).model, tmp_path)
+        manifest = job.build_folder(compose_config(["model=tiny_base"]).model, tmp_path / "built", tmp_path)
         assert seen == [job.BUILD_NUM_THREADS]
         assert torch.get_num_threads() == caller
     finally:
         torch.set_num_threads(before)
+    assert manifest["built_at"]["machine"]["torch_threads"] == job.BUILD_NUM_THREADS
+
+
+def test_a_build_writes_its_manifest_and_the_factory_loads_only_a_matching_config(tmp_path, monkeypatch):
+    """The folder gets a manifest hashing every file; model.path loads it under the config it was built from,
+    and any other config is refused naming the key that differs."""
+    import json
+
+    from othink_mr1.models.factory import check_tiny_base, tiny_base_build_config
+
+    job = _fake_build(tmp_path, monkeypatch, lambda out: (out / "config.json").write_text("{}"))
+    cfg = compose_config(["model=tiny_base", "model.base_build.steps=7"]).model
+    job.build_folder(cfg, tmp_path / "built", tmp_path)
+    manifest = json.loads((tmp_path / "built" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"config.json", "model.safetensors"}
+    assert manifest["files"]["model.safetensors"]["bytes"] == len(b"weights")
+    assert manifest["build_config"] == tiny_base_build_config(cfg) and manifest["build_config"]["base_build"]["steps"] == 7
+    assert len(manifest["built_at"]["commit"]) == 40 and manifest["built_at"]["machine"]["cpu_capability"]
+    with_path = compose_config(["model=tiny_base", "model.base_build.steps=7", f"model.path={tmp_path / 'built'}"]).model
+    assert check_tiny_base(with_path) == tmp_path / "built"
+    other = compose_config(["model=tiny_base", f"model.path={tmp_path / 'built'}"]).model
+    with pytest.raises(ModelError, match=r"built from another config.*base_build.steps: built with 7, this config has 575"
+                                         r".*python -m othink_mr1.jobs.tiny_base"):
+        load_model(other, CACHE)
+
+
+def test_a_build_never_writes_into_an_existing_folder_and_a_failed_one_leaves_none(tmp_path, monkeypatch):
+    from othink_mr1.utils.errors import ConfigError
+
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "model.safetensors").write_bytes(b"the user's")
+
+    def failing(out):
+        raise RuntimeError("out of memory")
+
+    job = _fake_build(tmp_path, monkeypatch, failing)
+    cfg = compose_config(["model=tiny_base"]).model
+    with pytest.raises(ConfigError, match=r"--out .*kept already exists"):
+        job.build_folder(cfg, tmp_path / "kept", tmp_path)
+    assert (tmp_path / "kept" / "model.safetensors").read_bytes() == b"the user's"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        job.build_folder(cfg, tmp_path / "new", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]  # no folder, finished-looking or temporary
+
+
+def test_the_build_command_refuses_an_existing_folder_with_status_2(tmp_path, capsys):
+    from othink_mr1.jobs.tiny_base import main
+
+    assert main(["--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} already exists" in capsys.readouterr().err

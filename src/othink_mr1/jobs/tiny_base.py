@@ -8,15 +8,25 @@ mixed, so the model does not hinge on one wording. After training the build scor
 test splits with the evaluation harness and records the result in `build_report.json`.
 
 A job, not a model loader: it trains with the SFT module and evaluates with the harness, so it lives
-above methods/. models.factory only names and loads the folder; `ensure_built` builds it once.
+above methods/. models.factory only loads and checks folders. The project ships the folder this job built
+(models/tiny_base/, its manifest.json names the commit and machine): the build follows the CPU's kernel path,
+so a rebuild on another CPU gives another model, and nothing builds it on first use. Build one explicitly:
+
+    python -m othink_mr1.jobs.tiny_base --out outputs/tiny_base [model.base_build.steps=400 ...]
+    python run.py model=tiny_base model.path=outputs/tiny_base [model.base_build.steps=400 ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
+import os
 import random
+import shutil
+import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,12 +47,15 @@ from ..data.tasks import TaskSplit, load_split
 from ..evaluation.harness import EvalSpec, effective_max_new_tokens, format_table, generate
 from ..methods.evaluation_module import EvaluationModule
 from ..methods.sft import SFTModule
-from ..models.factory import cached_build, load_local, tiny_base_folder, tiny_folder
+from ..models.factory import load_local, tiny_base_build_config, tiny_folder
+from ..models.manifest import write_manifest
 from ..models.tiny import R1V_SUFFIXES
 from ..rewards.base import DEFAULT_PROTOCOL
 from ..rewards.scorers import get_scorer
-from ..utils.checkout import conf_dir
-from ..utils.errors import ConfigError
+from ..utils.checkout import checkout_root, conf_dir
+from ..utils.errors import USER_ERRORS, ConfigError
+from ..utils.machine import machine_info
+from ..utils.run_dir import git_state
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +70,11 @@ BUILD_EVAL_MAX_NEW_TOKENS = 64
 # synthetic.image_size (also 112 today): the cache key covers the model config and GENERATOR_VERSION
 # only, so reading the task files here could change the built weights without changing the key.
 PRETRAIN_IMAGE_SIZE = SyntheticDataConfig().image_size
-# The build trains with this many torch threads, whatever process triggers it: the thread count changes the order
-# of float reductions, and over 575 steps that gives another model. Measured on the development machine (2 cores)
-# at commit b3f1f98: built in a joblib worker (1 thread) tiny_base scored 51.5% on counting, built by `make run`
-# (2 threads) 25.0%. 2 is the development machine's core count, where the documented tiny_base was built.
+# The build trains with this many torch threads, whatever the caller's: the thread count changes the order of
+# float reductions, and over 575 steps that gives another model (measured at commit b3f1f98: built with 1 thread
+# tiny_base scored 51.5% on counting, with 2 threads 25.0%). So does the CPU's kernel path (measured at 4904ebf on
+# one AVX-512 machine: model.safetensors 421c8aee... by default, adee8791... under the AVX2 caps), which is why
+# the project ships the folder rather than building it. 2 is the core count of the machine that built it.
 BUILD_NUM_THREADS = 2
 
 
@@ -79,20 +93,63 @@ def synthetic_task(name: str) -> Any:
         return compose("config").tasks[name]
 
 
-def ensure_built(cfg_or_model_cfg: Any, cache_dir: str | Path) -> Path:
-    """The tiny_base folder for this model config (a run's config or its `model` node), built on first use
-    (minutes; concurrent callers wait on the folder's lock)."""
-    model_cfg = cfg_or_model_cfg.model if "model" in cfg_or_model_cfg else cfg_or_model_cfg
-    folder = tiny_base_folder(model_cfg, cache_dir)
-
-    def build(tmp: Path) -> None:
-        # A run builds tiny_base after seeding (on first use), and the build's loaders and training draw from the
-        # global generators: restoring them keeps a run that builds the model the same as one finding it cached.
+def build_folder(model_cfg: Any, out: str | Path, cache_dir: str | Path) -> dict[str, Any]:
+    """Build tiny_base for `model_cfg` into the new folder `out` (refused if it exists), with its manifest.json:
+    the build config, the commit and machine, each file's sha256. Built in a temporary sibling and renamed, so
+    an interrupted build leaves no folder that looks finished. Returns the manifest."""
+    out = Path(out)
+    if out.exists():
+        raise ConfigError(f"--out {out} already exists: a build never writes into an existing folder (it may hold "
+                          "a model runs were scored with); pick another --out or move that folder away")
+    build_config = tiny_base_build_config(model_cfg)  # refuses a config without model.base_build up front
+    git = git_state(checkout_root())  # before the build's temporary folder makes the checkout look dirty
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        # Restoring the global generators keeps a caller's later draws as they would be without the build.
         # CPU only: the build trains on the CPU.
         with isolate_rng(include_cuda=False), torch_threads(BUILD_NUM_THREADS):
+            machine = machine_info()  # inside the block: the thread count the build ran with
             build_tiny_base(model_cfg, tiny_folder(model_cfg, cache_dir), tmp, cache_dir)
+        manifest = write_manifest(tmp, build_config, {
+            "commit": git["sha"], "dirty": git["dirty"], "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(["python -m othink_mr1.jobs.tiny_base", *sys.argv[1:]]), "machine": machine})
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
 
-    return cached_build(folder, build)
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m othink_mr1.jobs.tiny_base --out DIR [overrides]`: build a tiny_base folder."""
+    parser = argparse.ArgumentParser(
+        prog="python -m othink_mr1.jobs.tiny_base",
+        description="Build tiny_base (the tiny model after a short pretraining on both synthetic tasks) into a new "
+                    "folder with its manifest.json. Use it with: python run.py model.path=DIR [the same overrides].")
+    parser.add_argument("--out", required=True, help="the new folder (refused if it exists)")
+    parser.add_argument("--cache", default=None, help="datasets and tiny-model cache (default: paths.cache_dir)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.base_build.steps=400")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OTHINK_ROOT", str(checkout_root()))  # paths.* as run.py composes them
+    from hydra import compose, initialize_config_dir
+
+    from ..hydra_setup import register_configs
+    from ..utils.quiet import quiet_third_party
+
+    register_configs()
+    quiet_third_party()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=["model=tiny_base", *args.overrides])
+        if cfg.model.source != "tiny_base":
+            raise ConfigError(f"model.source={cfg.model.source}: this job builds source tiny_base only")
+        manifest = build_folder(cfg.model, args.out, args.cache or cfg.paths.cache_dir)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(f"[tiny_base] wrote {args.out} (model.safetensors sha256 {manifest['files']['model.safetensors']['sha256']})"
+          f"; use it with: python run.py model.path={args.out} {' '.join(args.overrides)}".rstrip(), flush=True)
+    return 0
 
 
 @contextmanager
@@ -139,7 +196,7 @@ def build_tiny_base(model_cfg: Any, tiny_dir: Path, out_dir: Path, cache_dir: st
         raise ConfigError(f"model.base_build.num_train={dict(build.num_train)}: no item count for {missing} (the build "
                           f"pretrains on {list(ACCEPTANCE_TASKS)})")
     started = time.time()
-    print(f"[tiny_base] building (first use; cached afterwards): {build.steps} steps on both synthetic tasks",
+    print(f"[tiny_base] building: {build.steps} steps on both synthetic tasks",
           flush=True)
     model, processor = load_local(tiny_dir, min_pixels=model_cfg.min_pixels, max_pixels=model_cfg.max_pixels)
     seed = build.seed + PRETRAIN_SEED_OFFSET
@@ -250,3 +307,7 @@ def sampling_headroom(model: Any, processor: Any, task: Any, cache_dir: str | Pa
         "pass_at_group": round(sum(any(g) for g in groups) / n, 4),
         "zero_variance_groups": round(sum(len(set(g)) == 1 for g in groups) / n, 4),
     }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -89,13 +89,35 @@ def tiny_folder(model_cfg: Any, cache_dir: str | Path) -> Path:
     return cached_build(folder, build)
 
 
-def tiny_base_folder(model_cfg: Any, cache_dir: str | Path) -> Path:
-    """Where the `tiny_base` model for this config is saved (built or not; jobs.tiny_base builds it)."""
+def tiny_base_build_config(model_cfg: Any) -> dict[str, Any]:
+    """What a tiny_base folder is built from: the tiny architecture, model.base_build and the versions of
+    the tiny model and of the synthetic generators it pretrains on. Its manifest records this."""
     if model_cfg.base_build is None:
         raise ModelError(f"model '{model_cfg.name}': model.base_build is required for source 'tiny_base'")
-    # The build pretrains on, and checks its window against, the synthetic generators' output.
-    key = config_digest(model_cfg.tiny, model_cfg.base_build, TINY_VERSION, GENERATOR_VERSION)
-    return Path(cache_dir) / "models" / f"tiny_base-{key}"
+    plain = OmegaConf.to_container(OmegaConf.create({"tiny": model_cfg.tiny, "base_build": model_cfg.base_build}),
+                                   resolve=True)
+    return {**plain, "tiny_version": TINY_VERSION, "generator_version": GENERATOR_VERSION}
+
+
+TINY_BASE_BUILD = "python -m othink_mr1.jobs.tiny_base --out DIR [model.* overrides] (make tiny-base)"
+
+
+def tiny_base_folder(model_cfg: Any) -> Path:
+    """model.path when set (a folder the build job wrote), else the tiny_base the project ships."""
+    from ..utils.checkout import shipped_tiny_base
+
+    return Path(model_cfg.path) if model_cfg.path else shipped_tiny_base()
+
+
+def check_tiny_base(model_cfg: Any) -> Path:
+    """The tiny_base folder for `model_cfg`, checked against its manifest: every file's sha256, and the
+    config it was built from equal to this one's (a ModelError naming the differing keys otherwise)."""
+    from .manifest import check_folder
+
+    folder = tiny_base_folder(model_cfg)
+    check_folder(folder, tiny_base_build_config(model_cfg),
+                 f"build a tiny_base for this config with `{TINY_BASE_BUILD}` and pass model.path=DIR")
+    return folder
 
 
 def load_local(folder: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa",
@@ -247,20 +269,15 @@ def load_kwargs(model_cfg: Any) -> dict[str, Any]:
 
 
 def load_model(model_cfg: Any, cache_dir: str | Path) -> tuple[Any, Any]:
-    """(model, processor) for `model_cfg`; `tiny` is built into the cache on first use, `tiny_base` must be built
-    already (by jobs.tiny_base, which trains)."""
+    """(model, processor) for `model_cfg`; `tiny` is built into the cache on first use (seconds), `tiny_base` is
+    a folder checked against its manifest (the project ships one; jobs.tiny_base builds others)."""
     if model_cfg.dtype not in DTYPES:
         raise ModelError(f"model.dtype='{model_cfg.dtype}': expected one of {list(DTYPES)}")
     kwargs = load_kwargs(model_cfg)
     if model_cfg.source == "tiny":
         return load_local(tiny_folder(model_cfg, cache_dir), **kwargs)
     if model_cfg.source == "tiny_base":
-        folder = tiny_base_folder(model_cfg, cache_dir)
-        if not (folder / "config.json").exists():
-            raise ModelError(f"model '{model_cfg.name}' (source tiny_base) is not built at {folder}: a run.py run builds "
-                             "it first (minutes, once per cache), or call othink_mr1.jobs.tiny_base.ensure_built(cfg, "
-                             "cache_dir)")
-        return load_local(folder, **kwargs)
+        return load_local(check_tiny_base(model_cfg), **kwargs)
     if model_cfg.source == "pretrained":
         if not model_cfg.path:
             raise ModelError(f"model '{model_cfg.name}': model.path (hub id or folder) is required")
