@@ -28,6 +28,7 @@ R1V_EVAL = ROOT / "data" / "r1v_eval"
 CACHE = Path(os.environ.get("OTHINK_CACHE", ROOT / ".cache"))
 
 from othink_mr1.hydra_setup import register_configs  # noqa: E402
+from support.numerics import THREAD_COUNTS  # noqa: E402
 
 register_configs()
 
@@ -123,6 +124,19 @@ def make_cfg(tmp_path):
         return compose_config(list(overrides), output_dir=tmp_path / "outputs", shrink=shrink)
 
     return _make
+
+
+@pytest.fixture(params=THREAD_COUNTS, ids=lambda n: f"threads{n}")
+def threads(request):
+    """torch's intra-op thread count for one test, each of THREAD_COUNTS in turn (the caller's restored after):
+    a test asking for it checks an equality that must hold however a reduction is split across threads, in the
+    fast tier (one thread per worker otherwise) and the full suite alike."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
