@@ -5,6 +5,7 @@ batches, host checks every k tokens, and compiled against eager."""
 from __future__ import annotations
 
 import copy
+import os
 import logging
 
 import pytest
@@ -83,3 +84,24 @@ def test_a_model_the_decoder_cannot_run_samples_with_generate_and_says_why(tmp_p
     assert torch.equal(ids, module.sample(batch))
     assert [r.getMessage() for r in caplog.records if "generate()" in r.getMessage()] == [
         "GRPO rollouts are sampled with generate(), not the fixed-shape decoder: attention implementation flash_attention_2"]
+
+
+def test_the_compiled_cpu_step_caches_per_kernel_path_unless_the_user_set_a_cache(monkeypatch, tmp_path):
+    """Inductor's cache key misses ATEN_CPU_CAPABILITY: a step compiled on one kernel path and reused on another
+    crashed (models/decoding.py). Each path gets its own folder under the default; a user's own choice stays."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from othink_mr1.models.decoding import separate_inductor_cache_per_kernel_path
+
+    for capability in ("AVX512", "AVX2"):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        expected = os.path.join(default_cache_dir(), f"cpu-{capability.lower()}")
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # unset
+        separate_inductor_cache_per_kernel_path()
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == expected
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # inductor's default, written by inductor
+        separate_inductor_cache_per_kernel_path()
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == expected
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    separate_inductor_cache_per_kernel_path()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)

@@ -162,9 +162,26 @@ def compiled_step(device: torch.device) -> Callable:
     """`_step` under torch.compile for this device type: "reduce-overhead" (CUDA graphs) on CUDA. It compiles on
     first use and once more when the batch shrinks (the batch dimension then turns dynamic)."""
     kind = device.type
+    if kind == "cpu":
+        separate_inductor_cache_per_kernel_path()
     if kind not in _COMPILED:
         _COMPILED[kind] = torch.compile(_step, mode="reduce-overhead" if kind == "cuda" else None)
     return _COMPILED[kind]
+
+
+def separate_inductor_cache_per_kernel_path() -> None:
+    """Point inductor's cache (unless TORCHINDUCTOR_CACHE_DIR is set) at a folder of this CPU kernel path's own.
+    Its key does not cover ATEN_CPU_CAPABILITY: measured with torch 2.13.0+cpu on an AVX-512 machine, a decode
+    step compiled on the default path and reused from the cache under ATEN_CPU_CAPABILITY=avx2 killed the process
+    with a bus error; compiled afresh under the cap it ran and drew the eager tokens."""
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # Inductor writes its default into the variable on first use, so the default's value means "not set".
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir()) == default_cache_dir():
+        capability = torch.backends.cpu.get_cpu_capability().lower()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default_cache_dir(), f"cpu-{capability}")
 
 
 def compiles(switch: str, device: torch.device) -> bool:
