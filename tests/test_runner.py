@@ -4,6 +4,7 @@ a run would ignore (the runs themselves: tests/e2e/test_run.py)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from othink_mr1.utils.errors import ConfigError
 
@@ -19,7 +20,8 @@ def test_resume_auto_continues_only_where_a_checkpoint_is_and_sets_a_failed_reco
     assert resume_checkpoint(cfg, run_dir) is None  # no checkpoint yet: a fresh start
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
-    ckpt.write_bytes(b"weights")
+    torch.save({"state_dict": {"model.w": torch.ones(2)}}, ckpt)  # resume checks the file: a real checkpoint
+    saved = ckpt.read_bytes()
     assert resume_checkpoint(cfg, run_dir) == ckpt
     evaluation = make_cfg("mode=eval", *TINY, "resume=auto")  # a sweep's base cell: accepted, a no-op
     check_config(evaluation)
@@ -29,7 +31,7 @@ def test_resume_auto_continues_only_where_a_checkpoint_is_and_sets_a_failed_reco
     (run_dir / "meta.json").write_text("{}")
     moved = claim_run_dir(run_dir, keep=True)
     assert (moved / "error.json").read_text() == '{"status": "failed"}'
-    assert not (run_dir / "error.json").exists() and (run_dir / "meta.json").exists() and ckpt.read_bytes() == b"weights"
+    assert not (run_dir / "error.json").exists() and (run_dir / "meta.json").exists() and ckpt.read_bytes() == saved
 
 
 @pytest.mark.parametrize("overrides, message", [

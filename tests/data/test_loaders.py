@@ -229,7 +229,8 @@ def test_load_test_jsonl_rejects_empty_and_missing_files(tmp_path):
 
 def test_load_split_reports_test_file_errors(tmp_path):
     path = _bad_test_file(tmp_path, json.dumps(dict(GOOD, image_path="missing.png")))
-    task = task_config(test_jsonl=str(path), image_root=str(tmp_path))
+    # GOOD's ground truth is an angle: a geometry task's (a counting task refuses it at line 1).
+    task = task_config(scorer="geometry", test_jsonl=str(path), image_root=str(tmp_path))
     with pytest.raises(DataError, match="missing.png") as err:
         load_split(task, "test", str(tmp_path / "cache"))
     assert str(path) in str(err.value) and _where_line(str(err.value), 3)
@@ -472,7 +473,7 @@ def test_task_split_train_examples(tmp_path):
     rows["solution"] = ["<answer> 3 </answer>", "<answer>10</answer>", "<answer>\\frac{7}{2}</answer>"]
     folder = tmp_path / "train"
     datasets.Dataset.from_dict(rows, features=TRAIN_FEATURES).save_to_disk(str(folder))
-    task = task_config(train_source=str(folder))
+    task = task_config(scorer="geometry", train_source=str(folder))  # \frac{7}{2} is no count
     split = TaskSplit(task, "train", load_split(task, "train", str(tmp_path / "cache")))
     assert len(split) == 3
     examples = [split[i] for i in range(3)]

@@ -17,12 +17,14 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any, Callable
 
 from .records import (
     JSONL_IMAGE_FIELDS,
     BadRows,
     DataError,
     RowError,
+    check_answer,
     check_text,
     image_field,
     missing_fields,
@@ -57,9 +59,14 @@ def check_published(path: str | Path) -> bool | None:
     return ok
 
 
-def read_jsonl(path: Path, role: str, image_root: Path, bad_rows: BadRows | None = None) -> list[dict]:
+GroundTruthCheck = Callable[[Any], "str | None"]  # a scorer's check_ground_truth (rewards/base.py)
+
+
+def read_jsonl(path: Path, role: str, image_root: Path, bad_rows: BadRows | None = None,
+               check_ground_truth: GroundTruthCheck | None = None) -> list[dict]:
     """The records of a JSONL split in R1-V's schema, each line checked (valid JSON, an object, its
-    fields present and non-empty, every image found and decodable); image paths come back resolved
+    fields present and non-empty, every image found and decodable, and its ground truth one the task's
+    scorer can judge: `check_ground_truth`, None for no scorer); image paths come back resolved
     against `image_root`, under `image` (train) or `image_path` (test), or `images` for a train
     record with a list of images. Errors name the file, the 1-based line and, in a list, which
     image; `bad_rows` decides whether a bad line stops the load or is skipped."""
@@ -95,6 +102,7 @@ def read_jsonl(path: Path, role: str, image_root: Path, bad_rows: BadRows | None
             record["images" if isinstance(resolved, list) else "image"] = resolved
         for field in texts:  # R1-V writes some ground truths as numbers: text, as the scorers read it
             record[field] = str(record[field])
+        check_answer(record, role, check_ground_truth, str(path), number, unit)
         records.append(record)
 
     if path.suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("["):
@@ -113,8 +121,10 @@ def read_jsonl(path: Path, role: str, image_root: Path, bad_rows: BadRows | None
     return records
 
 
-def load_test_jsonl(path: str | Path, image_root: str | Path | None, bad_rows: BadRows | None = None):
-    """R1-V's test JSONL as a Dataset (image_path resolved against image_root), fully validated."""
+def load_test_jsonl(path: str | Path, image_root: str | Path | None, bad_rows: BadRows | None = None,
+                    check_ground_truth: GroundTruthCheck | None = None):
+    """R1-V's test JSONL as a Dataset (image_path resolved against image_root), fully validated (ground
+    truths by `check_ground_truth`, the task's scorer's)."""
     import datasets
 
     path = Path(path)
@@ -122,7 +132,7 @@ def load_test_jsonl(path: str | Path, image_root: str | Path | None, bad_rows: B
         raise DataError(f"test file not found: {path}")
     if not _has_rows(path):
         raise DataError(f"{path}: the test split is empty")
-    records = read_jsonl(path, "test", Path(image_root) if image_root else path.parent, bad_rows)
+    records = read_jsonl(path, "test", Path(image_root) if image_root else path.parent, bad_rows, check_ground_truth)
     check_published(path)
     # A column holds one type: when any record has a list of images, every record's is a list.
     as_lists = any(isinstance(r["image_path"], list) for r in records)
@@ -135,11 +145,11 @@ def _as_list(value: str | list[str]) -> list[str]:
     return value if isinstance(value, list) else [value]
 
 
-def _train_jsonl(path: Path, bad_rows: BadRows | None):
+def _train_jsonl(path: Path, bad_rows: BadRows | None, check_ground_truth: GroundTruthCheck | None):
     """A train JSONL (image paths relative to the file), every line checked, as a Dataset."""
     import datasets
 
-    records = read_jsonl(path, "train", path.parent, bad_rows)
+    records = read_jsonl(path, "train", path.parent, bad_rows, check_ground_truth)
     if any("images" in record for record in records):
         # A column holds one type: when any record has a list of images, every record's is a list.
         for record in records:
@@ -171,12 +181,12 @@ def _has_rows(path: Path) -> bool:
 
 
 def load_train_source(source: str, split: str = "train", cache_dir: str | None = None,
-                      bad_rows: BadRows | None = None):
+                      bad_rows: BadRows | None = None, check_ground_truth: GroundTruthCheck | None = None):
     """A train split in R1-V's schema from a hub id or a local copy (folder, parquet, jsonl).
 
     `cache_dir` holds the Arrow cache of local parquet copies; hub ids use the HF cache. A JSONL file
-    is read and checked line by line here (`bad_rows`); the other formats are checked row by row by
-    `load_split`."""
+    is read and checked line by line here (`bad_rows`, `check_ground_truth`); the other formats are
+    checked row by row by `load_split`."""
     import datasets
 
     local = Path(source).expanduser()
@@ -202,7 +212,7 @@ def load_train_source(source: str, split: str = "train", cache_dir: str | None =
             return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train",
                                          cache_dir=cache_dir)
         if suffix in (".jsonl", ".json"):
-            return _train_jsonl(files[0], bad_rows)
+            return _train_jsonl(files[0], bad_rows, check_ground_truth)
         raise DataError(f"{local}: unsupported train data format '{suffix}'")
     if source.startswith((".", "/", "~")):
         raise DataError(f"train data not found: {source}")

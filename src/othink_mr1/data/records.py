@@ -16,7 +16,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image
 
@@ -209,6 +209,30 @@ def resolve_image_paths(value: Any, field: str, root: Path, where: str, row: int
             raise RowError(where, row, problem if name == field else f"{name}: {problem}", unit)
         resolved.append(str(path))
     return resolved if isinstance(value, (list, tuple)) else resolved[0]
+
+
+#: The field holding what a record is scored against: a train record's answer is inside its solution.
+ANSWER_FIELDS = {"train": "solution", "test": "ground_truth"}
+
+
+def record_answer(record: dict[str, Any], role: str) -> str:
+    """The ground truth a record is scored against, as text: a test record's `ground_truth`, a train
+    record's `<answer>` span of its `solution` (the GRPO reward's `answer`). TaskSplit gives the model's
+    loop this same value, so the load-time check reads exactly what is scored."""
+    if role == "train":
+        return answer_from_solution(str(record["solution"]))
+    return str(record["ground_truth"]).strip()
+
+
+def check_answer(record: dict[str, Any], role: str, check: Callable[[Any], str | None] | None, where: str,
+                 row: int, unit: str = "row") -> None:
+    """A RowError naming the field and the value when the task's scorer cannot judge answers against the
+    record's ground truth (`check`: the scorer's `check_ground_truth`; None checks nothing)."""
+    if check is None:
+        return
+    reason = check(record_answer(record, role))
+    if reason:
+        raise RowError(where, row, f"field '{ANSWER_FIELDS[role]}': {reason}", unit)
 
 
 def check_text(value: Any, field: str, where: str, row: int, unit: str = "row") -> None:

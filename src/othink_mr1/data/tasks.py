@@ -15,12 +15,13 @@ from .records import (
     BadRows,
     DataError,
     Example,
-    answer_from_solution,
+    check_answer,
     check_fields,
     check_image_value,
     check_text,
     image_field,
     load_images,
+    record_answer,
     sft_target,
     text_fields,
 )
@@ -48,7 +49,8 @@ def load_split(task: Any, split: str, cache_dir: str, bad_rows: BadRows | None =
     Only synthetic tasks have a validation split (items kept apart from both train and test, in the
     test's schema, for tuning); asking another source for one is a DataError.
 
-    Every row that can reach the model is checked (text fields, a decodable image): with
+    Every row that can reach the model is checked (text fields, a decodable image, a ground truth the
+    task's scorer can judge: its `check_ground_truth`, the same for train, eval and extra eval tasks): with
     `bad_rows` in "skip" mode a bad row is recorded and left out, otherwise the first one raises
     a DataError naming the file and row. A subset (`train_size`, `eval_size`) is the first that
     many good rows in its order, so skipped rows do not shrink it."""
@@ -59,6 +61,7 @@ def load_split(task: Any, split: str, cache_dir: str, bad_rows: BadRows | None =
     bad_rows = bad_rows or BadRows()
     role = schema_role(split)
     bad_rows.split = f"{task.name} {split}"
+    check_ground_truth = ground_truth_check(task)
     size = task.train_size if role == "train" else task.eval_size
     if size is not None and size <= 0:
         key = "train_size" if role == "train" else "eval_size"
@@ -82,13 +85,14 @@ def load_split(task: Any, split: str, cache_dir: str, bad_rows: BadRows | None =
     elif role == "train":
         if not task.train_source:
             raise DataError(f"task '{task.name}': task.train_source is not set")
-        ds = load_train_source(task.train_source, task.train_split, cache_dir=f"{cache_dir}/hub", bad_rows=bad_rows)
+        ds = load_train_source(task.train_source, task.train_split, cache_dir=f"{cache_dir}/hub", bad_rows=bad_rows,
+                               check_ground_truth=check_ground_truth)
         where = f"{task.train_source} ({task.train_split} split)"
         checked = task.train_source.endswith((".jsonl", ".json"))
     else:
         if not task.test_jsonl:
             raise DataError(f"task '{task.name}': task.test_jsonl is not set")
-        ds = load_test_jsonl(task.test_jsonl, task.image_root, bad_rows=bad_rows)
+        ds = load_test_jsonl(task.test_jsonl, task.image_root, bad_rows=bad_rows, check_ground_truth=check_ground_truth)
         where, checked = task.test_jsonl, True
     if checked:
         bad_rows.check_fraction(where, len(ds))
@@ -102,7 +106,7 @@ def load_split(task: Any, split: str, cache_dir: str, bad_rows: BadRows | None =
         order = np.random.default_rng(task.train_subset_seed).permutation(len(ds)).tolist()
     else:
         order = list(range(len(ds)))
-    check_row = (lambda i: None) if checked else _row_checker(ds, role, where)
+    check_row = (lambda i: None) if checked else _row_checker(ds, role, where, check_ground_truth)
     keep: list[int] = []
     for index in order:
         if size is not None and len(keep) == size:
@@ -114,8 +118,20 @@ def load_split(task: Any, split: str, cache_dir: str, bad_rows: BadRows | None =
     return ds if keep == list(range(len(ds))) else ds.select(keep)
 
 
-def _row_checker(ds, role: str, where: str):
-    """check(i) raises a RowError when row i of `ds` has an empty text field or an unusable image."""
+def ground_truth_check(task: Any):
+    """The task's scorer's `check_ground_truth` (rewards/base.py). The protocol does not matter: whether
+    a ground truth can be judged is the same under every protocol of a scorer."""
+    from ..rewards.scorers import get_scorer
+
+    try:
+        return get_scorer(task.scorer).check_ground_truth
+    except ValueError as exc:  # an unknown scorer; the config checks name it first in a run
+        raise DataError(f"task '{task.name}': {exc}") from None
+
+
+def _row_checker(ds, role: str, where: str, check_ground_truth: Any = None):
+    """check(i) raises a RowError when row i of `ds` has an empty text field, an unusable image or a
+    ground truth `check_ground_truth` refuses."""
     texts = {field: ds[field] for field in text_fields(role)}
     columns = [f for f in IMAGE_FIELDS[role] if f in ds.column_names]
     images = ds.select_columns(columns)
@@ -127,6 +143,7 @@ def _row_checker(ds, role: str, where: str):
     def check(index: int) -> None:
         for field, values in texts.items():
             check_text(values[index], field, where, index)
+        check_answer({field: values[index] for field, values in texts.items()}, role, check_ground_truth, where, index)
         row = images[index]
         field = image_field(row, IMAGE_FIELDS[role]) or columns[0]
         check_image_value(row[field], where, index, field)
@@ -167,12 +184,12 @@ class TaskSplit(TorchDataset):
             return Example(
                 images=images,
                 question=str(row["problem"]),
-                answer=answer_from_solution(str(row["solution"])),
+                answer=record_answer(row, "train"),
                 target=sft_target(row, self.sft_target_mode),
                 index=index,
                 fields=fields,
             )
-        answer = str(row["ground_truth"]).strip()
+        answer = record_answer(row, "test")
         return Example(
             images=images,
             question=str(row["question"]),

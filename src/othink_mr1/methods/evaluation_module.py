@@ -13,13 +13,20 @@ import torch
 
 from ..data.sampling import StreamPosition
 from ..evaluation.harness import EvalAccumulator, EvalSpec, gather_items, generate, write_stage
+from ..utils.errors import ModelError
+from ..utils.finite import describe, nonfinite_tensors
 from .lr_schedules import build_scheduler
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteError(RuntimeError):
-    """Too many consecutive optimizer steps had a non-finite loss, reward or gradient."""
+class NonFiniteError(ModelError, RuntimeError):
+    """Too many consecutive optimizer steps had a non-finite loss, reward or gradient.
+
+    A ModelError, so run.py reports it as the load-time NaN check does (models/factory.py
+    check_finite_weights): one `error:` line naming what was non-finite and where (the first tensors),
+    and what to do, exit status 2; a traceback would only show the guard that raised it. A sweep records
+    it in the cell's error.json like any failure. A RuntimeError as before, for callers that catch one."""
 
 # Metric names under eval/<task>/...
 EVAL_METRICS = {
@@ -209,18 +216,34 @@ class TrainableModule(EvaluationModule):
         if not bad:
             self.consecutive_skips = 0
             return True
+        stopping = self.consecutive_skips + 1 >= self.method.max_nonfinite_skips
+        where = self.nonfinite_where() if stopping else ""  # read before the gradients are dropped
         for param in self.trainable_parameters():
             param.grad = None
         self.skipped_steps += 1
         self.consecutive_skips += 1
         log.warning("optimizer step %d skipped: non-finite %s (%d skipped so far, %d in a row)", self.global_step,
                     ", ".join(bad), self.skipped_steps, self.consecutive_skips)
-        if self.consecutive_skips >= self.method.max_nonfinite_skips:
+        if stopping:
+            rewards = ", check the reward functions (method.rewards)" if "rewards" in bad else ""
             raise NonFiniteError(
                 f"{self.consecutive_skips} consecutive optimizer steps had a non-finite {', '.join(bad)} (the last at "
-                f"step {self.global_step}); stopping. Lower method.lr, check the reward functions, or raise "
+                f"step {self.global_step}); stopping. {where}. Lower method.lr{rewards}, or raise "
                 f"method.max_nonfinite_skips={self.method.max_nonfinite_skips}")
         return False
+
+    def nonfinite_where(self) -> str:
+        """Where the non-finite values are, named as the load-time check names them (utils/finite.py): the
+        first weights holding NaN/inf (the model itself diverged: every later step is NaN too), else the first
+        gradients (this step's backward), else neither (the loss or a reward alone)."""
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        bad, total = nonfinite_tensors(named)
+        if bad:
+            return f"The model holds {describe(bad, total, 'weights')}"
+        bad, total = nonfinite_tensors((n, p.grad) for n, p in named)
+        if bad:
+            return f"The step's backward gave {describe(bad, total, 'gradients')}; the weights are finite"
+        return "The weights and gradients are finite: the loss or a reward itself was non-finite"
 
     def grad_norm(self) -> torch.Tensor | None:
         """Total L2 norm of the trainable parameters' gradients (before clipping)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import shutil
 import tempfile
@@ -123,14 +124,142 @@ def check_tiny_base(model_cfg: Any) -> Path:
 def load_local(folder: str | Path, dtype: str = "float32", attn_implementation: str = "sdpa",
                min_pixels: int | None = None, max_pixels: int | None = None, image_backend: str = "pil",
                image_settings: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    """A saved model folder (tiny, tiny_base, an exported run or a hub id) with its processor."""
+    """A saved model folder (tiny, tiny_base, an exported run or a hub id) with its processor. A local
+    folder is checked before anything is read from it (check_model_folder), and the loaded weights after
+    (check_finite_weights): a broken folder is one ModelError naming the folder and the file."""
     from transformers import AutoModelForImageTextToText
 
+    weight_files = check_model_folder(folder)
     processor = load_processor(str(folder), image_backend, min_pixels, max_pixels, image_settings)
     model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=DTYPES[dtype],
                                                         attn_implementation=attn_implementation)
     check_stop_ids(str(folder), model, processor.tokenizer)
+    check_finite_weights(itertools.chain(model.named_parameters(), model.named_buffers()), f"model '{folder}'",
+                         weight_files or [str(folder)])
     return model, processor
+
+
+# What transformers loads weights from, in the order it looks for them (an index lists the shards).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def looks_local(path: str | Path) -> bool:
+    """Whether `path` means a folder on this machine rather than a hub id ("org/name"): it exists, starts
+    with '/', '.' or '~', has more parts than a hub id can, or its parent folder exists here
+    (`models/typo` beside a `models/` folder). Read as a hub id, a mistyped folder got the hub's
+    "Repo id must be in the form 'repo_name' or 'namespace/repo_name'" instead of "not found"."""
+    text = str(path)
+    local = Path(text).expanduser()
+    return (local.exists() or text.startswith(("/", ".", "~")) or len(Path(text).parts) > 2
+            or (local.parent != Path(".") and local.parent.is_dir()))
+
+
+def check_model_folder(path: str | Path) -> list[str] | None:
+    """The weight files of the local model folder `path`, after checking what transformers would otherwise
+    fail on with a traceback: the folder exists and is not empty, config.json reads and names a
+    model_type, and every weight file (shards included) is complete. None for a hub id (nothing local to
+    check). Reads headers only, never the weights: a few kilobytes, whatever the model's size."""
+    if not looks_local(path):
+        return None
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise ModelError(f"model folder {path} does not exist (read as a local path, not a hub id 'org/name')")
+    if not folder.is_dir():
+        raise ModelError(f"model folder {path} is a file, not a folder (a saved model is a folder with config.json "
+                         "and its weights; a Lightning .ckpt goes to ckpt=)")
+    present = sorted(p.name for p in folder.iterdir())
+    if not present:
+        raise ModelError(f"model folder {folder} is empty: expected a saved model (config.json, model.safetensors, "
+                         "the tokenizer and processor files)")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelError(f"model folder {folder} has no config.json (it holds {_listing(present)}): not a saved model")
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{config} cannot be read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{config} is not valid JSON ({exc}): the file is damaged or cut short") from None
+    except AttributeError:  # valid JSON, but a list or a string
+        raise ModelError(f"{config} is not a JSON object: the file is damaged") from None
+    if not model_type:
+        raise ModelError(f"{config} names no model_type, so transformers cannot tell which model it is")
+    files = _weight_files(folder, present)
+    for file in files:
+        problem = _weights_file_problem(file)
+        if problem:
+            raise ModelError(f"model folder {folder}: {file.name} {problem}; re-export or re-download the model")
+    return [str(f) for f in files]
+
+
+def _listing(names: list[str], shown: int = 6) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _weight_files(folder: Path, present: list[str]) -> list[Path]:
+    """The weight files transformers would read from `folder`: the first of WEIGHT_FILES it has, an index
+    expanded to its shards (each of which must exist)."""
+    name = next((n for n in WEIGHT_FILES if n in present), None)
+    if name is None:
+        raise ModelError(f"model folder {folder} holds no weights: none of {', '.join(WEIGHT_FILES)} (it holds "
+                         f"{_listing(present)})")
+    if not name.endswith(".index.json"):
+        return [folder / name]
+    index = folder / name
+    try:
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{index} is not a weight index with a weight_map ({type(exc).__name__}: {exc})") from None
+    missing = [s for s in shards if not (folder / s).is_file()]
+    if missing:
+        raise ModelError(f"{index} lists shard(s) the folder lacks: {_listing(missing)}")
+    return [folder / s for s in shards]
+
+
+def _weights_file_problem(path: Path) -> str | None:
+    """What is wrong with a weight file, judged from its size and header alone, or None."""
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty (0 bytes)"
+    if path.suffix == ".bin":
+        return _torch_file_problem(path, size)
+    # safetensors: an 8-byte header length, the JSON header, then the data its offsets describe.
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if header_len < 0 or 8 + header_len > size:
+            return f"is truncated or not a safetensors file ({size} bytes, too short for its header)"
+        try:
+            header = json.loads(fh.read(header_len))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            return f"is not a safetensors file (its header does not parse: {exc})"
+    expected = 8 + header_len + end
+    if size < expected:
+        return f"is truncated: {size} bytes, its header describes {expected}"
+    return None
+
+
+def _torch_file_problem(path: Path, size: int) -> str | None:
+    """torch.save writes a zip whose directory is at its end, so a file cut short has none: found from the
+    last kilobytes, where torch.load fails with a PytorchStreamReader error (or, mapped, with EINVAL)."""
+    import zipfile
+
+    return None if zipfile.is_zipfile(path) else (f"is truncated or not a torch.save file ({size} bytes, no zip "
+                                                  "directory at its end)")
+
+
+def check_finite_weights(named: Any, what: str, files: list[str],
+                         remedy: str = "re-export or re-download it") -> None:
+    """A ModelError naming the first tensors holding a NaN or inf and the file(s) they came from. Damaged
+    or diverged weights otherwise load without complaint and score 0% with empty replies, or train into
+    NaN. One aminmax per tensor (utils/finite.py): cheap beside the load itself."""
+    from ..utils.finite import describe, nonfinite_tensors
+
+    bad, total = nonfinite_tensors(named)
+    if bad:
+        raise ModelError(f"{what}: {describe(bad, total, 'weights')} loaded from {_listing(files, 3)}; the file is "
+                         f"damaged or was saved from a diverged run: {remedy}")
 
 
 def check_stop_ids(path: str, model: Any, tokenizer: Any) -> None:
@@ -294,10 +423,11 @@ def load_checkpoint_weights(model: torch.nn.Module, ckpt: str | Path) -> torch.n
     path = Path(ckpt)
     if not path.is_file():
         raise ModelError(f"ckpt='{ckpt}': checkpoint file not found")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path, f"ckpt='{ckpt}'")
     weights = {k[len("model."):]: v for k, v in state.get("state_dict", {}).items() if k.startswith("model.")}
     if not weights:
         raise ModelError(f"ckpt='{ckpt}': no model weights in this checkpoint")
+    check_finite_weights(weights.items(), f"ckpt='{ckpt}'", [str(path)], "score an earlier checkpoint")
     if state.get("lora"):
         from types import SimpleNamespace
 
@@ -317,3 +447,38 @@ def load_checkpoint_weights(model: torch.nn.Module, ckpt: str | Path) -> torch.n
         raise ModelError(f"ckpt='{ckpt}' does not match model '{getattr(model, 'name_or_path', '')}': "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model
+
+
+def read_checkpoint(path: Path, what: str, mmap: bool = False, hint: str = "") -> dict[str, Any]:
+    """A Lightning checkpoint's contents, or a ModelError naming the file when it does not load (truncated,
+    0 bytes, not a checkpoint): torch's own error is a PytorchStreamReader traceback. `mmap` maps the
+    tensors instead of reading them (a check that looks at them once); `hint` says what to do instead."""
+    hint = f"; {hint}" if hint else ""
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelError(f"{what}: {path} is empty (0 bytes), not a checkpoint{hint}")
+    problem = _torch_file_problem(path, size)
+    if problem:
+        raise ModelError(f"{what}: {path} {problem}: the checkpoint is damaged{hint}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ... for a bad file
+        # torch's first sentence says what failed; the rest is its generic advice.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0].rstrip(".")
+        raise ModelError(f"{what}: {path} does not load as a checkpoint ({size} bytes; {reason}): the file is "
+                         f"truncated or damaged{hint}") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"{what}: {path} holds a {type(state).__name__}, not a Lightning checkpoint{hint}")
+    return state
+
+
+def check_checkpoint(path: Path, what: str, hint: str = "") -> None:
+    """A checkpoint a run resumes from loads and holds finite model weights, checked before the run folder
+    is touched or any training time spent (Lightning would fail on it only inside fit, with a traceback).
+    Mapped, not read into memory: the weights are looked at once (check_finite_weights)."""
+    state = read_checkpoint(path, what, mmap=True, hint=hint)
+    weights = [(k, v) for k, v in (state.get("state_dict") or {}).items() if isinstance(v, torch.Tensor)]
+    if not weights:
+        raise ModelError(f"{what}: {path} holds no model weights (no state_dict): not a checkpoint of a run")
+    check_finite_weights(weights, what, [str(path)], "resume from an earlier copy, or start the run again with "
+                         "resume=false and a lower method.lr")

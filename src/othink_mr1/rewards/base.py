@@ -63,3 +63,10 @@ class Scorer(Protocol):
     def score(self, completion: str, ground_truth: Any) -> Score: ...
 
     def reward(self, completion: str, ground_truth: Any) -> float: ...
+
+    def check_ground_truth(self, ground_truth: Any) -> str | None:
+        """Why `ground_truth` (a record's, as the split gives it to `score`) is not one this scorer can judge
+        answers against, or None when it is. The one home of the rule: every split calls it on every record
+        when it is loaded (data/tasks.py `load_split`), so a bad ground truth stops a run before training,
+        naming its file, line and value, instead of raising mid-run or scoring every answer wrong."""
+        ...

@@ -56,3 +56,11 @@ class CountingScorer:
 
     def reward(self, completion: str, ground_truth: Any) -> float:
         return 1.0 if self.score(completion, ground_truth).correct else 0.0
+
+    def check_ground_truth(self, ground_truth: Any) -> str | None:
+        """An integer, by the rule `score` applies (`_integer_ground_truth`), so the two cannot disagree."""
+        try:
+            _integer_ground_truth(ground_truth)
+        except ValueError as exc:
+            return str(exc)
+        return None

@@ -254,7 +254,32 @@ def _strip_spaces(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
-class NormalizedGeometryScorer:
+class _GeometryScorer:
+    """What both geometry scorers share: which ground truths they can judge answers against."""
+
+    def check_ground_truth(self, ground_truth: Any) -> str | None:
+        """A value math-verify reads: under R1-V's gold parse (``parse(ground_truth)``), or else under the
+        normalized reading (:func:`to_math_verify_input`). One rule for both protocols, because it is the
+        record that is valid or not: R1-V's own GeoQA-754 holds 17 golds its parse reads nothing from
+        (``√{3}``, ``\\frac{√{3}}{2}``), which R1-V scored wrong whatever the answer and the ``r1v``
+        protocol scores so too; refusing them would refuse the paper's test set. A gold neither reads
+        (``many``, an empty answer) could never be scored right under either: that is reported."""
+        if ground_truth is None or isinstance(ground_truth, (bool, list, tuple, dict)):
+            return f"geometry ground truth must be text or a number, got {ground_truth!r}"
+        text = str(ground_truth)
+        if not text.strip():
+            return f"geometry ground truth is empty, got {ground_truth!r}"
+        timeout = _timeout()
+        if _r1v_gold(text, timeout):
+            return None
+        # The normalized reading may give a bare string back ("?" -> ['?']): only a value counts.
+        if any(not isinstance(part, str) for part in _parse_gold(text.strip(), timeout)):
+            return None
+        return (f"math-verify reads no value from geometry ground truth {ground_truth!r} (neither R1-V's parse "
+                "nor the normalized reading): no answer could be scored right against it")
+
+
+class NormalizedGeometryScorer(_GeometryScorer):
     """GeoQA scoring under the ``normalized`` protocol: the answer span, in normalised notation.
 
     What it changes versus ``r1v`` (:class:`R1VGeometryScorer`, ``verify(parse(gold),
@@ -339,7 +364,7 @@ def r1v_verdict(completion: str, ground_truth: Any) -> Score:
     return Score(correct=_mv_verify(gold, candidate, timeout), extracted=_readable(candidate)[:200], parsed=True)
 
 
-class R1VGeometryScorer:
+class R1VGeometryScorer(_GeometryScorer):
     """GeoQA scoring under the ``r1v`` protocol: R1-V's evaluation exactly (:func:`r1v_verdict`).
 
     ``score`` parses the whole output, reasoning included, with math-verify's defaults and nothing
