@@ -63,15 +63,26 @@ def report_bad_rows(bad_rows: BadRows, run_dir: Path) -> None:
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The checkpoint to continue from: resume=true -> the run's last.ckpt, resume=<path> -> that file,
     resume=auto -> the run's last.ckpt when it has one, else none (what a re-launched sweep wants: a
-    cell killed mid-training continues, a cell killed before its first checkpoint starts again)."""
+    cell killed mid-training continues, a cell killed before its first checkpoint starts again).
+
+    The file is checked here, before the run folder is claimed: a damaged one (truncated, not a
+    checkpoint, NaN/inf weights) is a ModelError naming it, and the folder stays as it was. resume=auto
+    refuses a damaged last.ckpt too rather than starting again, which would move that attempt aside."""
+    from .models.factory import check_checkpoint
+
     if cfg.resume in (False, None, "", "false"):
         return None
     if cfg.resume == "auto":
         path = run_dir / CHECKPOINT
-        return path if cfg.mode == "train" and path.is_file() else None
-    path = run_dir / CHECKPOINT if cfg.resume in (True, "true") else Path(str(cfg.resume))
-    if not path.is_file():
-        raise ConfigError(f"resume={cfg.resume}: no checkpoint at {path}")
+        if not (cfg.mode == "train" and path.is_file()):
+            return None
+    else:
+        path = run_dir / CHECKPOINT if cfg.resume in (True, "true") else Path(str(cfg.resume))
+        if not path.is_file():
+            raise ConfigError(f"resume={cfg.resume}: no checkpoint at {path}")
+    resume = "true" if cfg.resume is True else cfg.resume
+    check_checkpoint(path, f"resume={resume}", "resume from an intact copy (resume=PATH), or start the run again "
+                     "with resume=false (this attempt's files move to attempts/)")
     return path
 
 
