@@ -277,7 +277,11 @@ class TrainerConfig:
     precision: str = "32-true"
     log_every_n_steps: int = 1
     deterministic: bool = False
+    # Progress output: on a terminal Lightning's bar; otherwise (nohup, SLURM, CI) a plain line every
+    # progress_every_s seconds and at the end of each loop (0: every step; null: none). false: neither.
+    # utils/progress.py.
     enable_progress_bar: bool = True
+    progress_every_s: Optional[float] = 30.0
     # Torch CPU threads (None: leave torch's default).
     num_threads: Optional[int] = None
     # Save checkpoints/last.ckpt every N optimizer steps (and at the end), for resume.

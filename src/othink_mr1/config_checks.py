@@ -18,6 +18,7 @@ from .methods.lr_schedules import check_lr_schedule
 from .rewards.scorers import SCORERS
 from .utils.distributed import world_size
 from .utils.errors import ConfigError
+from .utils.progress import check_every_s
 
 MODEL_SOURCES = ("tiny", "tiny_base", "pretrained")
 
@@ -193,6 +194,7 @@ def check_config(cfg: DictConfig, overrides: list[str] | None = None) -> dict[st
     if not 0 <= cfg.data.max_bad_fraction <= 1:
         raise ConfigError(f"data.max_bad_fraction={cfg.data.max_bad_fraction}: must be between 0 and 1")
     check_devices(cfg.trainer)
+    check_every_s(cfg.trainer.progress_every_s)  # a bad interval fails here, before any data or model is loaded
     if cfg.mode == "train":
         check_task(cfg.task, "task")
         check_method(cfg)

@@ -208,12 +208,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
     from .utils.checkpoints import LastCheckpoint
     from .utils.distributed import RankAgreementCallback, build_strategy
     from .utils.preemption import PreemptionCheckpoint, cluster_plugins, in_submitit_job
+    from .utils.progress import progress_output
 
     t = cfg.trainer
+    bar, progress = progress_output(t.enable_progress_bar, t.progress_every_s)  # without a terminal: plain lines
     kwargs: dict[str, Any] = dict(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(t, model),
         precision=t.precision, log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar, logger=loggers, default_root_dir=str(run_dir),
+        enable_progress_bar=bar, callbacks=progress, logger=loggers, default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
         # Our samplers shard by rank themselves: the training stream keeps each micro-batch's prompts
         # (and so each group) on one rank, and evaluation never pads shards with repeated items.
@@ -234,7 +236,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
     # The loader spans the whole run (one "epoch"); max_steps is the limit that binds.
     # last.ckpt every checkpoint_every_n_steps, and the final state once (whatever the interval).
     last = LastCheckpoint(run_dir / CHECKPOINT.parent, every_n_train_steps=t.checkpoint_every_n_steps)
-    callbacks: list[Any] = [last]
+    callbacks: list[Any] = [*progress, last]
     if in_submitit_job():  # a SLURM job of hydra/launcher=slurm: preemption writes last.ckpt at the current step
         callbacks.append(PreemptionCheckpoint(last, run_dir))
     if t.check_distributed:
