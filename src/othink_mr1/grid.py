@@ -82,3 +82,24 @@ def planned_jobs(sweeper: Dict[str, Any], task_overrides: List[str]) -> List[Lis
     arguments += [o for o in task_overrides if o.split("=")[0] in ("task", "seed", "seeds")]
     cells = {name: [str(o) for o in overrides] for name, overrides in sweeper["cells"].items()}
     return jobs(axes(parse(arguments)), cells)
+
+
+def _settings(job: List[str]) -> "OrderedDict[str, str]":
+    out: "OrderedDict[str, str]" = OrderedDict()
+    for override in job:
+        key, _, value = override.partition("=")
+        out[key] = value
+    return out
+
+
+def shared_folder_error(folder: str, first: List[str], second: List[str]) -> GridError:
+    """Two jobs whose run folders are one: the second would be skipped as the first's finished run (or take
+    the first's live folder). Names both cells, the settings that differ and how to tell them apart."""
+    a, b = _settings(first), _settings(second)
+    differ = [f"{k}: {a.get(k, '(default)')} / {b.get(k, '(default)')}" for k in list(a) + [k for k in b if k not in a]
+              if k != "cell" and a.get(k) != b.get(k)]
+    return GridError(
+        f"cells '{a.get('cell')}' and '{b.get('cell')}' would share the run folder {folder}: a run's name holds "
+        f"its task, method, KL schedule, model, seed and tag, not {', '.join(d.split(':')[0] for d in differ) or 'their settings'}"
+        f" ({'; '.join(differ) or 'the same overrides'}). Give one of them tag=<name> in its cell's overrides, "
+        "or drop one of the two")

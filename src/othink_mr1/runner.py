@@ -7,11 +7,12 @@ Every check that can fail on user input runs before any model is built or traine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
@@ -34,9 +35,10 @@ from .naming import run_identity
 from .preflight import preflight
 from .results import Results
 from .results import write as write_results
-from .utils.errors import ConfigError
+from .utils.errors import ConfigError, ModelError
 from .utils.quiet import quiet_third_party
-from .utils.run_dir import claim_run_dir, config_differences, record_resume, write_run_record
+from .utils.preemption import Terminated, terminate_on_signals
+from .utils.run_dir import FINISHED_MARKER, RunLock, claim_run_dir, config_differences, record_failure, record_resume, write_run_record
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +88,50 @@ def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def claim_run(cfg: DictConfig, run_dir: Path, resume_from: Path | None, overrides: list[str] | None) -> int:
-    """Take the run directory (an earlier unfinished attempt is moved aside unless resumed) and record the
-    run, or the resume; returns how many times the run was resumed (0: a fresh start). Launched
-    processes of a multi-device run (ranks > 0) leave the directory to rank 0."""
+@contextlib.contextmanager
+def held_run_dir(cfg: DictConfig, run_dir: Path, resume_from: Path | None,
+                 overrides: list[str] | None) -> Iterator[int]:
+    """The run directory for the job's life: locked (utils/run_dir.RunLock: a second run in the same folder
+    stops at once and touches nothing), claimed (claim_run), and, if the job does not finish, its error.json
+    written while the lock is still held: "terminated" for a signal, "failed" for an exception. Yields how
+    many times the run was resumed. Launched processes of a multi-device run (ranks > 0) leave all of it to
+    rank 0."""
     if rank_zero_only.rank != 0:
-        return 0
+        yield 0
+        return
+    with RunLock(run_dir):
+        resumes = claim_run(cfg, run_dir, resume_from, overrides)
+        try:
+            yield resumes
+        except Terminated as exc:
+            record_failure(run_dir, exc, overrides, run_identity(cfg), **exc.record(),
+                           resume=resume_command(cfg, overrides, exc))
+            raise
+        except Exception as exc:
+            exc.error_record = record_failure(run_dir, exc, overrides, run_identity(cfg))  # type: ignore[attr-defined]
+            raise
+
+
+def resume_command(cfg: DictConfig, overrides: list[str] | None, exc: Terminated) -> str:
+    """How to go on after a signal: a sweep is re-launched (its cells resume=auto), a training run with a
+    checkpoint resumes from it, anything else starts again (its files move to attempts/)."""
+    if cfg.get("sweep"):
+        return "re-launch the sweep with the same command: finished cells are skipped, this one continues"
+    command = " ".join(["python run.py", *[o for o in (overrides or []) if not o.startswith("resume=")]])
+    if exc.checkpoint and cfg.mode == "train":
+        return f"{command} resume=true"
+    return f"{command} (no checkpoint yet: it starts again)"
+
+
+def claim_run(cfg: DictConfig, run_dir: Path, resume_from: Path | None, overrides: list[str] | None) -> int:
+    """Take the locked run directory (an earlier unfinished attempt is moved aside unless resumed) and record
+    the run, or the resume; returns how many times the run was resumed (0: a fresh start)."""
+    if resume_from is not None and not (run_dir / FINISHED_MARKER).exists():
+        # Checked before anything moves: a refused resume leaves the folder as it was.
+        differences = config_differences(run_dir, cfg)
+        if differences:
+            raise ConfigError(f"resume: the config differs from the one this run started with "
+                              f"({run_dir / 'config.yaml'}): {differences}")
     moved = claim_run_dir(run_dir, keep=resume_from is not None)
     if moved is not None:
         print(f"[run] earlier unfinished attempt kept in {moved}")
@@ -99,10 +139,6 @@ def claim_run(cfg: DictConfig, run_dir: Path, resume_from: Path | None, override
     if resume_from is None:
         write_run_record(run_dir, cfg, Path(cfg.paths.root_dir), overrides)
     else:
-        differences = config_differences(run_dir, cfg)
-        if differences:
-            raise ConfigError(f"resume: the config differs from the one this run started with "
-                              f"({run_dir / 'config.yaml'}): {differences}")
         resumes = record_resume(run_dir, resume_from, Path(cfg.paths.root_dir), overrides)
         print(f"[run] resuming from {resume_from}", flush=True)
     print(f"[run] {cfg.run_name} -> {run_dir}", flush=True)
@@ -158,6 +194,24 @@ def training_curve(cfg: DictConfig, dm: VLMDataModule, module: Any, budget: Budg
     return curve
 
 
+def check_model_files(cfg: DictConfig) -> None:
+    """A local model folder (`model.path`, or a `ckpt=` folder) is read as far as its headers before the run
+    folder is claimed: a missing, empty or cut-short one stops the run with the folder untouched. The
+    weights' finiteness needs them loaded, so it is checked at load (load_weights)."""
+    from .models.factory import check_model_folder
+
+    if cfg.ckpt and Path(cfg.ckpt).is_dir():
+        key, folder = "ckpt", cfg.ckpt
+    elif cfg.model.source == "pretrained" and cfg.model.path:
+        key, folder = "model.path", cfg.model.path
+    else:
+        return
+    try:
+        check_model_folder(folder)
+    except ModelError as exc:
+        raise ModelError(f"{key}: {exc}") from None  # the message names the folder; this names the key
+
+
 def load_weights(cfg: DictConfig) -> tuple[Any, Any]:
     """The model to train or score: `model.*`, or in eval mode a `ckpt=` (.ckpt file or saved folder)."""
     from .models.factory import load_checkpoint_weights, load_kwargs, load_local, load_model
@@ -207,7 +261,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
                   model: Any = None, curve: TrainingCurve | None = None) -> pl.Trainer:
     from .utils.checkpoints import LastCheckpoint
     from .utils.distributed import RankAgreementCallback, build_strategy
-    from .utils.preemption import PreemptionCheckpoint, cluster_plugins, in_submitit_job
+    from .utils.preemption import PreemptionCheckpoint, TerminationCheckpoint, cluster_plugins, in_submitit_job
     from .utils.progress import progress_output
 
     t = cfg.trainer
@@ -236,7 +290,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list[Any], budget: Bu
     # The loader spans the whole run (one "epoch"); max_steps is the limit that binds.
     # last.ckpt every checkpoint_every_n_steps, and the final state once (whatever the interval).
     last = LastCheckpoint(run_dir / CHECKPOINT.parent, every_n_train_steps=t.checkpoint_every_n_steps)
-    callbacks: list[Any] = [*progress, last]
+    # SIGTERM / SIGINT: last.ckpt at the end of the step in flight, then Terminated (utils/preemption.py).
+    callbacks: list[Any] = [*progress, last, TerminationCheckpoint(last, run_dir)]  # progress first: stopped step's line
     if in_submitit_job():  # a SLURM job of hydra/launcher=slurm: preemption writes last.ckpt at the current step
         callbacks.append(PreemptionCheckpoint(last, run_dir))
     if t.check_distributed:
@@ -287,14 +342,24 @@ def train_record(trainer: pl.Trainer, module: Any, budget: Budget, seconds: floa
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Run one job (train or eval) from a composed config; returns the results.json payload (results.py)."""
+    """Run one job (train or eval) from a composed config; returns the results.json payload (results.py).
+    SIGTERM and SIGINT raise utils.preemption.Terminated (in training, after checkpointing the step in
+    flight); the run's error.json then says so."""
     started = time.time()
     quiet_third_party()
-    eval_tasks = check_config(cfg, overrides)
+    with terminate_on_signals():
+        eval_tasks = check_config(cfg, overrides)
+        run_dir = Path(cfg.paths.run_dir)
+        resume_from = resume_checkpoint(cfg, run_dir)
+        check_model_files(cfg)
+        with held_run_dir(cfg, run_dir, resume_from, overrides) as resumes:
+            return run_held(cfg, eval_tasks, run_dir, resume_from, resumes, started)
+
+
+def run_held(cfg: DictConfig, eval_tasks: dict[str, Any], run_dir: Path, resume_from: Path | None, resumes: int,
+             started: float) -> dict[str, Any]:
+    """The job in its held run directory: data, model, row zero, fit, final eval, results.json."""
     train = cfg.mode == "train"
-    run_dir = Path(cfg.paths.run_dir)
-    resume_from = resume_checkpoint(cfg, run_dir)
-    resumes = claim_run(cfg, run_dir, resume_from, overrides)
     set_up_torch(cfg)
 
     dm = load_data(cfg, eval_tasks, run_dir)  # data first: bad data fails before any model is built

@@ -206,6 +206,6 @@ def test_a_sweep_whose_jobs_all_fail_names_each_cell_and_its_logs(slurm_cluster,
     [line] = [line for line in process.stdout.splitlines() if line.startswith("[sweep] failed: ")]
     [log] = sorted((grid / ".submitit").glob("*/*_0_log.err"))
     assert line.startswith(f"[sweep] failed: {grid}/counting_grpo_d_model_seed1 (") and line.endswith(f"; logs: {log}")
-    assert "model.path='/no/such/model'" in line and "error.json" not in line
+    assert "model.path: model folder /no/such/model does not exist" in line and "error.json" not in line
     assert json.loads((grid / "counting_grpo_d_model_seed1" / "error.json").read_text())["status"] == "failed"
     assert "[sweep] 1 cells: 1 failed" in process.stdout

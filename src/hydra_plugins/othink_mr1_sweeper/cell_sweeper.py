@@ -48,6 +48,7 @@ import itertools
 import json
 import logging
 import re
+import sys
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -174,7 +175,20 @@ class CellSweeper(BasicSweeper):
         else:
             jobs = self.jobs(overrides)
             log.info(f"[sweep] {len(jobs)} cells")
+        self.check_run_folders(jobs)
         return [list(chunk) for chunk in self.split_overrides_to_chunks(jobs, max_batch_size)]
+
+    def check_run_folders(self, jobs: List[List[str]]) -> None:
+        """Each job's run folder (hydra.sweep.subdir, i.e. its run name), from its composed config: two jobs
+        with one folder stop the sweep before any job starts (grid.shared_folder_error), since run.py would
+        take the second for the first's finished run, or both would write into one folder."""
+        loader = self.hydra_context.config_loader
+        seen: Dict[str, List[str]] = {}
+        for job in jobs:
+            folder = str(OmegaConf.select(loader.load_sweep_config(self.config, list(job)), "hydra.sweep.subdir"))
+            if folder in seen:
+                raise grid.shared_folder_error(folder, seen[folder], job)
+            seen[folder] = job
 
     def is_done(self) -> bool:
         done = super().is_done()
@@ -183,6 +197,7 @@ class CellSweeper(BasicSweeper):
             jobs = [self.with_choice(job, choices) for job in self.jobs(self._final)]
             self._final = None
             log.info(f"[sweep] {len(jobs)} cells at the tuned settings")
+            self.check_run_folders(jobs)
             self.overrides = list(self.overrides) + [list(c) for c in self.split_overrides_to_chunks(jobs, self.max_batch_size)]
             done = super().is_done()
         return done
@@ -279,6 +294,10 @@ class CellSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         try:
             returns = super().sweep(arguments)
+        except grid.GridError as exc:
+            # Axes or cells that make no grid: bad input, said in one line before any job started (exit 2, as run.py).
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         except Exception as exc:  # noqa: BLE001 - only a scheduler's refusal is reworded; the rest re-raises
             if type(exc).__module__.startswith("submitit") and type(exc).__name__ in SUBMISSION_ERRORS:
                 print(f"[sweep] {refused_submission(str(exc), self.config.hydra.launcher)}", flush=True)

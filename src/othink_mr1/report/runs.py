@@ -1,4 +1,4 @@
-"""Finished, failed and unfinished runs from any source, as one record type the tables read.
+"""Finished, failed, terminated and unfinished runs from any source, as one record type the tables read.
 
 Sources:
   - a sweep directory (outputs/sweeps/NAME) or any folder of run directories: results.json for a
@@ -41,7 +41,7 @@ class RunResult:
     run_name: str
     mode: str  # train | eval
     model: str
-    status: str  # finished | failed | unfinished | missing
+    status: str  # finished | failed | terminated | unfinished | missing
     sweep: str | None = None
     cell: str | None = None
     task: str | None = None  # the trained task (None for an evaluation)
@@ -122,7 +122,9 @@ def read_run_dir(run_dir: Path, with_curves: bool = True) -> RunResult | None:
         if payload.get("mode") is None:  # an error record from before identities were written
             payload = {**payload, "run_name": run_dir.name, "mode": "train", "model": "?"}
         payload = {"run_name": run_dir.name, **{k: v for k, v in payload.items() if v is not None}}
-        result = RunResult(**_identity(payload), status="failed", error=payload.get("error"))
+        # error.json's status: "failed" (an exception) or "terminated" (a signal; how to go on is in "resume").
+        status = "terminated" if payload.get("status") == "terminated" else "failed"
+        result = RunResult(**_identity(payload), status=status, error=payload.get("error"))
     elif config.exists():
         import yaml
 

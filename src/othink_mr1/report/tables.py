@@ -31,7 +31,7 @@ PAPER_ROWS = (BASE_ROW, "grpo", "sft", "grpo_d")
 # Our task names -> the paper's columns.
 PAPER_TASK = {"counting": "counting", "clevr_count": "counting", "geometry": "geometry", "geoqa": "geometry"}
 PAPER_DEFAULT_MODEL = "qwen2_vl_2b_instruct"
-NOT_FINISHED = ("failed", "unfinished", "missing")
+NOT_FINISHED = ("failed", "terminated", "unfinished", "missing")
 
 
 class IncomparableRunsError(ValueError):

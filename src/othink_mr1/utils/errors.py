@@ -21,4 +21,8 @@ class RunExistsError(RuntimeError):
     """The run directory already holds a finished run."""
 
 
-USER_ERRORS = (ConfigError, DataError, ModelError, RunExistsError)
+class RunLockedError(RuntimeError):
+    """Another live process holds the run directory (its run.lock); nothing was touched."""
+
+
+USER_ERRORS = (ConfigError, DataError, ModelError, RunExistsError, RunLockedError)

@@ -1,8 +1,13 @@
-"""Run directories: never overwrite a finished run, keep earlier attempts, record provenance."""
+"""Run directories: one run at a time in a folder (run.lock), never overwrite a finished run, keep earlier
+attempts, record provenance, and say how a run that did not finish ended (error.json)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
+import os
 import platform
 import subprocess
 import sys
@@ -13,15 +18,19 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .errors import RunExistsError
+from .errors import RunExistsError, RunLockedError
 from .machine import machine_info
+
+log = logging.getLogger(__name__)
 
 # A run is finished once this file exists: it is written last.
 FINISHED_MARKER = "results.json"
-# A failed sweep cell's record (run.py); the report shows the cell as failed.
+# How a run that did not finish ended: {"status": "failed" | "terminated", ...}; the report shows it.
 ERROR_RECORD = "error.json"
-# Files a job may have opened before the runner got control (Hydra's job log, appended to).
-PRESERVED_IN_PLACE = {"run.log"}
+# Held (flock) by the process running in the folder, for the job's life; it names that process.
+LOCK_FILE = "run.lock"
+# Files a job may have opened before the runner got control (Hydra's job log, appended to), and the lock.
+PRESERVED_IN_PLACE = {"run.log", LOCK_FILE}
 PACKAGES = ("torch", "transformers", "pytorch-lightning", "hydra-core", "omegaconf", "datasets", "tokenizers",
             "wandb", "math-verify", "pillow", "numpy", "othink-mr1")
 
@@ -57,6 +66,93 @@ def claim_run_dir(run_dir: Path, keep: bool = False) -> Path | None:
     for path in leftovers:
         path.rename(target / path.name)
     return target
+
+
+class RunLock:
+    """An exclusive lock on a run folder: an flock on <run_dir>/run.lock, whose text names the holder (host,
+    pid, start, command) for the message a second run gets.
+
+    flock rather than a lock file's mere existence: the kernel drops it when the holder dies however it
+    dies (SIGKILL, OOM, a node reboot on a shared filesystem), so a dead run never blocks its folder, and
+    the text it left says whose lock was taken over. Works across processes, joblib workers and SLURM tasks
+    on one filesystem (NFS and Lustre mounts with locking on support flock too)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+        self.previous: dict[str, Any] | None = None  # the holder a stale lock named, when one was taken over
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise RunLockedError(
+                    f"{self.path.parent} is in use by another run ({describe_holder(holder)}); nothing was changed. "
+                    "Wait for it to end, or give this run another name (tag=<something> or seed=<n>).") from None
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise RunLockedError(f"{self.path}: this filesystem does not support file locks ({exc}); set "
+                                         "paths.output_dir to a folder on one that does") from None
+                raise
+            # A holder that released between our open and our flock unlinked the file we opened: lock the new one.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.fd = fd
+        previous = _read_holder(fd)
+        if previous:
+            self.previous = previous
+            log.warning("%s: the run that held this folder is gone (%s); taking its lock over", self.path,
+                        describe_holder(previous))
+        holder = {"host": platform.node(), "pid": os.getpid(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "argv": sys.argv}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        # Unlinked while still held: a run that opens the path next creates a fresh file, and one that opened
+        # this file already sees the inode change after its flock (acquire's check) and retries.
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    try:
+        text = os.pread(fd, 65536, 0).decode()
+        return json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return {"unreadable": True}
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder or holder.get("unreadable"):
+        return "holder unknown"
+    command = " ".join(str(a) for a in holder.get("argv") or [])
+    return (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started_at')}"
+            + (f": {command}" if command else ""))
 
 
 def git_state(root: Path) -> dict[str, Any]:
@@ -137,17 +233,20 @@ def record_resume(run_dir: Path, checkpoint: Path, root: Path, overrides: list[s
 
 
 def record_failure(run_dir: Path, exc: BaseException, overrides: list[str] | None,
-                   identity: dict[str, Any] | None = None) -> Path:
-    """Write <run_dir>/error.json for a failed sweep cell (the report shows the cell as failed). A
-    re-launch moves it to attempts/ with the rest of the unfinished attempt, so nothing is lost."""
+                   identity: dict[str, Any] | None = None, **details: Any) -> Path:
+    """Write <run_dir>/error.json for a run or sweep cell that did not finish: status "failed" (an exception)
+    or, with `status="terminated"` in `details`, stopped by a signal (signal, step, checkpoint, how to
+    resume). The report shows either. A re-launch moves it to attempts/ with the rest of the unfinished
+    attempt, so nothing is lost."""
     import traceback
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    # `identity` (runner.run_identity) lets the report place the failed cell in its tables.
-    record = {**(identity or {}), "status": "failed", "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "error": f"{type(exc).__name__}: {exc}",
-              "overrides": overrides or [],
-              "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+    # `identity` (naming.run_identity) lets the report place the run in its tables.
+    record = {**(identity or {}), "status": "failed", "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "error": f"{type(exc).__name__}: {exc}", "overrides": overrides or [], **details}
+    if record["status"] == "failed":
+        record["traceback"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     path = run_dir / ERROR_RECORD
     write_json(path, record)
     return path
