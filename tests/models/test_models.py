@@ -137,7 +137,7 @@ def _fake_build(tmp_path, monkeypatch, body):
     """jobs.tiny_base with its training replaced by `body(out_dir)` (the folder logic, not the minutes)."""
     import othink_mr1.jobs.tiny_base as job
 
-    def build(model_cfg, tiny_dir, out_dir, cache_dir):
+    def build(model_cfg, tiny_dir, out_dir, cache_dir, **options):
         body(out_dir)
         (out_dir / "model.safetensors").write_bytes(b"weights")
 
