@@ -112,7 +112,8 @@ def test_resume_refuses_a_changed_config_or_a_missing_checkpoint(tmp_path):
         run(grpo_cfg(tmp_path, "method.max_steps=2", "eval.row_zero=false", "resume=true"))
     run_dir = Path(cfg.paths.run_dir)
     (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    # A checkpoint that passes resume's file check (it loads, finite weights): the config check is what refuses.
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "global_step": 1}, run_dir / "checkpoints" / "last.ckpt")
     (run_dir / "config.yaml").write_text("seed: 1\n")
     with pytest.raises(ConfigError, match="the config differs from the one this run started with"):
         run(grpo_cfg(tmp_path, "method.max_steps=2", "eval.row_zero=false", "resume=true"))

@@ -67,6 +67,9 @@ def test_a_live_run_keeps_its_folder_and_signals_stop_it_at_a_checkpoint_it_resu
     run_dir = out / "runs" / NAME
     first = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     wait_for_rows(first, run_dir, 2)
+    # Frozen (SIGSTOP) while the second run starts: on a fast machine the 16 steps end before a second
+    # process is up, and a stopped process still holds its lock, as a live one does.
+    first.send_signal(signal.SIGSTOP)
 
     # A second run with the same name (another lr) while the first trains: refused at once, nothing touched.
     before = {k: v for k, v in hashes(run_dir).items() if not k.startswith(("csv/", "run.log"))}
@@ -81,7 +84,9 @@ def test_a_live_run_keeps_its_folder_and_signals_stop_it_at_a_checkpoint_it_resu
     assert not (run_dir / "attempts").exists()
 
     # SIGTERM: the step in flight ends, last.ckpt is written at it, exit 128 + 15, error.json says how to go on.
+    # Sent while the run is still stopped: it is handled the moment the run goes on (SIGCONT).
     first.send_signal(signal.SIGTERM)
+    first.send_signal(signal.SIGCONT)
     _, stderr = first.communicate(timeout=300)
     assert first.returncode == 143, stderr[-3000:]
     record = json.loads((run_dir / "error.json").read_text())
