@@ -23,15 +23,22 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(OFFLINE) $(PY) run.py $(ARGS)
 
+# Both tiers run on TEST_WORKERS pytest-xdist workers, each with OMP_NUM_THREADS torch threads (1 unless you
+# set it): two threads per worker oversubscribe 2 cores (the fast tier: 132 s vs 82 s). The float equality
+# tests set 1, 2 and 3 threads themselves, so the thread count changes nothing they check. --dist loadfile
+# keeps a test file on one worker: its module fixtures are built once, and tests/e2e/test_slurm.py's jobs
+# are the only ones on the localhost cluster at a time.
+TEST_WORKERS ?= 2
+XDIST = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 # The full suite (CI's .ci/run).
 test: $(STAMP)
-	$(OFFLINE) $(PY) -m pytest $(PYTEST_ARGS)
+	$(OFFLINE) $(XDIST) $(PYTEST_ARGS)
 
 # The fast tier for the edit-test loop: everything but the tests marked slow, i.e. all but tests/e2e/ and a
-# few heavy scorer checks; it starts no job, fit or subprocess (tests/conftest.py refuses them outside e2e/),
-# on two pytest-xdist workers of one torch thread each (two threads each oversubscribe 2 cores: 132 s vs 82 s).
+# few heavy scorer checks; it starts no job, fit or subprocess (tests/conftest.py refuses them outside e2e/).
 test-fast: $(STAMP)
-	$(OFFLINE) OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
+	$(OFFLINE) $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # Build a new tiny_base folder (the project ships one: models/tiny_base): ARGS="--out DIR [model.* overrides]",
 # then python run.py model.path=DIR [the same overrides]. About 100 s on 2 cores.
