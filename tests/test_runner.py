@@ -49,3 +49,28 @@ def test_task_overrides_that_would_be_ignored_are_errors(make_cfg, overrides, me
         check_config(make_cfg(*overrides), overrides)
     # Without the command line (a config composed elsewhere) nothing is known to clash.
     check_config(make_cfg(*overrides))
+
+
+@pytest.mark.parametrize("env, setting, expected", [
+    ({"SLURM_CPUS_PER_TASK": "1"}, None, 1),  # a SLURM job: its CPUs, not the node's cores
+    ({"SLURM_CPUS_PER_TASK": "1", "OMP_NUM_THREADS": "2"}, None, "default"),  # the user's OMP_NUM_THREADS wins
+    ({"SLURM_CPUS_PER_TASK": "1"}, 3, 3),  # so does trainer.num_threads
+    ({}, None, "default"),  # outside SLURM: torch's default
+])
+def test_torch_threads_follow_the_setting_then_a_slurm_jobs_cpus(make_cfg, monkeypatch, capsys, env, setting,
+                                                                   expected):
+    from othink_mr1.runner import set_threads
+
+    for name in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the default a 2-core node gives
+    try:
+        set_threads(make_cfg(*TINY, f"trainer.num_threads={setting if setting else 'null'}"))
+        assert torch.get_num_threads() == (2 if expected == "default" else expected)
+        said = capsys.readouterr().out
+        assert ("SLURM_CPUS_PER_TASK" in said) == (setting is None and expected == 1), said
+    finally:
+        torch.set_num_threads(before)

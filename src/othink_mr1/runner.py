@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -145,10 +146,20 @@ def claim_run(cfg: DictConfig, run_dir: Path, resume_from: Path | None, override
     return resumes
 
 
-def set_up_torch(cfg: DictConfig) -> None:
-    """CPU threads, and every seed (Python, NumPy, torch, loader workers)."""
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+def set_threads(cfg: DictConfig) -> None:
+    """torch's CPU threads: trainer.num_threads, else the job's CPUs inside a SLURM job (torch's default counts
+    the node's cores, so jobs sharing a node oversubscribe it; OMP_NUM_THREADS, when set, still wins), else
+    torch's default. Set before meta.json records the count."""
+    count = cfg.trainer.num_threads
+    if not count and "OMP_NUM_THREADS" not in os.environ and os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        count = int(os.environ["SLURM_CPUS_PER_TASK"])
+        print(f"[run] torch threads: {count} (SLURM_CPUS_PER_TASK; set trainer.num_threads to choose)", flush=True)
+    if count:
+        torch.set_num_threads(count)
+
+
+def set_seeds(cfg: DictConfig) -> None:
+    """Every seed (Python, NumPy, torch, loader workers)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
 
@@ -352,6 +363,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
         run_dir = Path(cfg.paths.run_dir)
         resume_from = resume_checkpoint(cfg, run_dir)
         check_model_files(cfg)
+        set_threads(cfg)
         with held_run_dir(cfg, run_dir, resume_from, overrides) as resumes:
             return run_held(cfg, eval_tasks, run_dir, resume_from, resumes, started)
 
@@ -360,7 +372,7 @@ def run_held(cfg: DictConfig, eval_tasks: dict[str, Any], run_dir: Path, resume_
              started: float) -> dict[str, Any]:
     """The job in its held run directory: data, model, row zero, fit, final eval, results.json."""
     train = cfg.mode == "train"
-    set_up_torch(cfg)
+    set_seeds(cfg)
 
     dm = load_data(cfg, eval_tasks, run_dir)  # data first: bad data fails before any model is built
     budget = plan_budget(cfg, dm) if train else None

@@ -87,11 +87,11 @@ def test_a_failing_compiler_falls_back_once_under_auto_and_fails_under_on(tiny_b
         ours(model, processor, batch, 24, compile_mode="on")
 
 
-@pytest.mark.slow  # compiles the decode step (about half a minute per model on 2 cores)
-@pytest.mark.parametrize("which", ["tiny", "tiny_base"])
-def test_compiled_decoding_draws_the_eager_tokens(which, tiny, tiny_base, compactions):
-    loaded = tiny if which == "tiny" else tiny_base
-    model, processor = copy.deepcopy(loaded[0]).eval(), loaded[1]
+# tiny_base only: it is the random tiny model's architecture with trained weights, so it compiles the same graph,
+# and its rows end early, so the compiled step also runs on the smaller buckets (the random model's never end).
+@pytest.mark.slow  # compiles the decode step (about half a minute on 2 cores)
+def test_compiled_decoding_draws_the_eager_tokens(tiny_base, compactions):
+    model, processor = copy.deepcopy(tiny_base[0]).eval(), tiny_base[1]
     batch = prompt_batch(processor, "counting", n=6)
     results = {}
     for mode in ("off", "on"):
@@ -102,5 +102,4 @@ def test_compiled_decoding_draws_the_eager_tokens(which, tiny, tiny_base, compac
                                                      **options))
     for (eager_ids, eager_state), (compiled_ids, compiled_state) in zip(results["off"], results["on"]):
         assert torch.equal(compiled_ids, eager_ids) and torch.equal(compiled_state, eager_state)
-    if which == "tiny_base":
-        assert compactions  # the compiled step also ran on smaller buckets
+    assert compactions  # the compiled step also ran on smaller buckets

@@ -80,8 +80,13 @@ def squeue() -> list[str]:
 
 def test_the_smoke_grid_runs_one_slurm_job_per_cell_and_reports_as_the_serial_launcher(slurm_cluster, smoke_grid,
                                                                                       tmp_path):
+    serial = {r.run_name: r for r in load_source(str(smoke_grid[1]))}
+    # The serial grid's thread count, given to the jobs: inside a SLURM job torch takes the job's CPUs (1 here)
+    # unless OMP_NUM_THREADS says otherwise (runner.set_threads), and the curves compared below are bitwise.
+    [threads] = {json.loads((smoke_grid[1] / name / "meta.json").read_text())["machine"]["torch_threads"]
+                 for name in serial}
     started = time.time()
-    process = run_smoke_sweep(tmp_path, *SLURM)
+    process = run_smoke_sweep(tmp_path, *SLURM, env={"OMP_NUM_THREADS": str(threads)})
     print(f"[slurm] smoke grid on SLURM: {time.time() - started:.1f} s", file=sys.stderr)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     grid = tmp_path / "sweeps" / "smoke"
@@ -93,7 +98,6 @@ def test_the_smoke_grid_runs_one_slurm_job_per_cell_and_reports_as_the_serial_la
     for line in ("--array=0-6%7", f"--partition={PARTITION}", "--signal=USR2@120", "--time=30", "--cpus-per-task=1"):
         assert f"#SBATCH {line}\n" in script, line
 
-    serial = {r.run_name: r for r in load_source(str(smoke_grid[1]))}
     on_slurm = {r.run_name: r for r in load_source(str(grid))}
     assert sorted(on_slurm) == sorted(serial)
     for name, run in on_slurm.items():
@@ -110,11 +114,14 @@ def test_a_cell_preempted_mid_training_checkpoints_requeues_and_ends_as_an_unint
     step in flight and writes last.ckpt at it (preemptions.jsonl names the step; the checkpoint holds it while
     the job waits requeued), submitit requeues the job, and the requeued job continues from that checkpoint to
     the end an uninterrupted run reaches, with no relaunch by hand."""
-    whole = run_smoke_sweep(tmp_path / "whole", *ONE_CELL)
+    # One thread in both: a SLURM job takes its CPUs' count otherwise (runner.set_threads), and the weights are
+    # compared bitwise.
+    whole = run_smoke_sweep(tmp_path / "whole", *ONE_CELL, env={"OMP_NUM_THREADS": "1"})
     assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
 
     out = tmp_path / "preempted"
-    env = dict(os.environ, OTHINK_OUTPUT_DIR=str(out), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
+    env = dict(os.environ, OTHINK_OUTPUT_DIR=str(out), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline",
+               OMP_NUM_THREADS="1")
     log = (tmp_path / "sweep.log").open("w")
     process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "sweeps=smoke", *ONE_CELL, *SLURM],
                                env=env, stdout=log, stderr=subprocess.STDOUT, text=True)

@@ -10,8 +10,10 @@ import re
 from typing import Any
 
 # Environment variables that cap or pin the kernel path (ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2
-# ONEDNN_MAX_CPU_ISA=AVX2 makes an AVX-512 machine take the AVX2 kernels) or the thread count.
-KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# ONEDNN_MAX_CPU_ISA=AVX2 makes an AVX-512 machine take the AVX2 kernels) or the thread count (a SLURM job's
+# CPUs set it where nothing else does: runner.set_threads).
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+              "SLURM_CPUS_PER_TASK")
 
 
 def cpu_name() -> str:
