@@ -247,6 +247,47 @@ def pytest_configure(config):
     _refused_outside_e2e(tiny_base, "build_tiny_base", "built tiny_base (a training job)")
 
 
+# ------------------------------------------------------------------ which file a worker takes next
+# Under `--dist loadfile` (make test) xdist hands out files with the most tests first, so the e2e files of a
+# few minute-long tests came last and one worker ran them alone at the end. Instead a worker takes the
+# heaviest file left: the files below in this order (their times on 2 cores at abbd9f4: the smoke-grid files
+# together ~700 s, test_models_e2e.py ~400 s with its 400-step build, the presets ~330 s, the signalled build
+# ~170 s), then the rest of tests/e2e/, then the fast tests, small pieces that even out the two workers'
+# ends. The three files that use the session's smoke grid form one unit, so the grid is built once. This
+# changes only the order, never what runs.
+SMOKE_GRID_FILES = ("tests/e2e/test_sweeps.py", "tests/e2e/test_report_e2e.py", "tests/e2e/test_slurm.py")
+HEAVIEST_FIRST = ("smoke grid", "tests/e2e/test_models_e2e.py", "tests/e2e/test_presets_e2e.py",
+                  "tests/e2e/test_tiny_base_signals_e2e.py", "tests/e2e/test_families.py",
+                  "tests/e2e/test_decoding_e2e.py", "tests/e2e/test_run_folders_e2e.py",
+                  "tests/e2e/test_kill_resume.py", "tests/e2e/test_tuned_sweep_e2e.py")
+
+
+def _weight(scope: str) -> tuple[int, int]:
+    if scope in HEAVIEST_FIRST:
+        return 0, HEAVIEST_FIRST.index(scope)
+    return (1 if scope.startswith("tests/e2e/") else 2), 0
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class HeaviestFileFirst(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return "smoke grid" if path in SMOKE_GRID_FILES else path
+
+        def _assign_work_unit(self, node) -> None:
+            # min() keeps xdist's order (most tests first) among equal weights.
+            heaviest = min(self.workqueue, key=_weight)
+            self.workqueue.move_to_end(heaviest, last=False)
+            super()._assign_work_unit(node)
+
+    return HeaviestFileFirst(config, log)
+
+
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true", default=False,
                      help="rewrite tests/golden/*.yaml from the current configs (review the diff!)")
