@@ -27,10 +27,12 @@ run: $(STAMP)
 # set it): two threads per worker oversubscribe 2 cores (the fast tier: 132 s vs 82 s). The float equality
 # tests set 1, 2 and 3 threads themselves, so the thread count changes nothing they check. --dist loadfile
 # keeps a test file on one worker: its module fixtures are built once, and tests/e2e/test_slurm.py's jobs
-# are the only ones on the localhost cluster at a time. The tiny_base build keeps its 2 threads beside the
-# other worker; OMP_WAIT_POLICY=PASSIVE (unless you set it) lets a waiting OpenMP thread sleep instead of
-# spinning on the core the other needs: a 40-step build beside a busy 1-thread process took 126 s spinning,
-# 61 s passive, 45 s either way alone, same weights (AMD EPYC, 2 cores).
+# are the only ones on the localhost cluster at a time; tests/conftest.py hands a free worker the heaviest file
+# left (the minute-long e2e files first, the fast tests last), so neither worker ends alone on a long one.
+# The tiny_base build keeps its 2 threads beside the other worker; OMP_WAIT_POLICY=PASSIVE (unless you set
+# it) lets a waiting OpenMP thread sleep instead of spinning on the core the other needs: a 40-step build
+# beside a busy 1-thread process took 126 s spinning, 61 s passive, 45 s either way alone, same weights (AMD
+# EPYC, 2 cores).
 TEST_WORKERS ?= 2
 XDIST = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} \
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
