@@ -255,8 +255,9 @@ def pytest_configure(config):
 # ~170 s), then the rest of tests/e2e/, then the fast tests, small pieces that even out the two workers'
 # ends. The three files that use the session's smoke grid form one unit, so the grid is built once. This
 # changes only the order, never what runs.
+SMOKE_GRID_UNIT = "smoke grid"
 SMOKE_GRID_FILES = ("tests/e2e/test_sweeps.py", "tests/e2e/test_report_e2e.py", "tests/e2e/test_slurm.py")
-HEAVIEST_FIRST = ("smoke grid", "tests/e2e/test_models_e2e.py", "tests/e2e/test_presets_e2e.py",
+HEAVIEST_FIRST = (SMOKE_GRID_UNIT, "tests/e2e/test_models_e2e.py", "tests/e2e/test_presets_e2e.py",
                   "tests/e2e/test_tiny_base_signals_e2e.py", "tests/e2e/test_families.py",
                   "tests/e2e/test_decoding_e2e.py", "tests/e2e/test_run_folders_e2e.py",
                   "tests/e2e/test_kill_resume.py", "tests/e2e/test_tuned_sweep_e2e.py")
@@ -277,7 +278,7 @@ def pytest_xdist_make_scheduler(config, log):
     class HeaviestFileFirst(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = super()._split_scope(nodeid)
-            return "smoke grid" if path in SMOKE_GRID_FILES else path
+            return SMOKE_GRID_UNIT if path in SMOKE_GRID_FILES else path
 
         def _assign_work_unit(self, node) -> None:
             # min() keeps xdist's order (most tests first) among equal weights.
