@@ -190,6 +190,11 @@ def smoke_grid(tmp_path_factory):
 # Everywhere else these are refused while a test (its fixtures included) runs, so the fast tier stays
 # job-free as tests are added.
 E2E = Path(__file__).resolve().parent / "e2e"
+# tests/e2e/vllm_env/ runs vLLM for real: collected only where vllm is installed (.venv-vllm, `make vllm-env`);
+# tests/e2e/test_vllm_env.py runs it there from `make test`.
+import importlib.util  # noqa: E402
+
+collect_ignore_glob = [] if importlib.util.find_spec("vllm") else ["e2e/vllm_env/*"]
 _running: list[str | None] = [None]  # the node id of the test running outside tests/e2e, if any
 
 

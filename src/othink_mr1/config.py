@@ -25,6 +25,10 @@ ImageBackend = StrEnum("ImageBackend", {name: name for name in IMAGE_BACKENDS})
 # method.decode_compile (models/decoding.py): run GRPO's decode step through torch.compile.
 DECODE_COMPILE = ("auto", "on", "off")
 DecodeCompile = StrEnum("DecodeCompile", {name: name for name in DECODE_COMPILE})
+# method.rollout_engine: what samples GRPO's rollouts. hf: transformers' model in the training process
+# (models/rollouts.py); vllm: an in-process vLLM engine beside it (models/vllm_engine.py).
+ROLLOUT_ENGINES = ("hf", "vllm")
+RolloutEngine = StrEnum("RolloutEngine", {name: name for name in ROLLOUT_ENGINES})
 # eval.split: the split evaluation scores. validation (synthetic tasks only) is for tuning, never for reporting.
 EVAL_SPLITS = ("test", "validation")
 EvalSplit = StrEnum("EvalSplit", {name: name for name in EVAL_SPLITS})
@@ -251,6 +255,15 @@ class GRPOConfig(MethodConfig):
     # tokens either way; a compiler failure under auto falls back to eager with one warning, recorded in
     # results.json (train.decode).
     decode_compile: DecodeCompile = MISSING
+    # What samples the rollouts (docs/training.md, "Rollout engine"): hf, or vllm (an in-process vLLM engine
+    # that gets the policy's weights before each optimizer step's rollouts). The loss always uses the training
+    # model's log-probs; with vllm the gap to the engine's is logged as train/rollout_logprob_gap.
+    rollout_engine: RolloutEngine = MISSING
+    # Truncated importance sampling (verl's TIS): each token's loss weighted by min(pi_train / pi_engine, cap)
+    # for the engine's sampling mismatch; None = off. vllm only.
+    rollout_is_cap: Optional[float] = MISSING
+    # The share of GPU memory vLLM may take (weights, activations, KV cache) beside training; vllm only.
+    vllm_gpu_memory_utilization: float = MISSING
 
 
 # ---------------------------------------------------------------------------------------- kl

@@ -606,7 +606,9 @@ def test_prompt_collator_left_pads_and_carries_meta(processor):
     assert batch["pixel_values"].shape[0] == 3 * 8 * 8
     assert (ids == _image_pad_id(processor)).sum(1).tolist() == [16, 16, 16]
     assert batch["meta"] == {"questions": questions, "answers": ["0", "1", "2"], "indices": [0, 1, 2], "image_counts": [1, 1, 1],
-                             "fields": [{}, {}, {}]}
+                             "images": [list(ex.images) for ex in examples], "fields": [{}, {}, {}]}
+    # The images themselves, as loaded (the vLLM engine processes them again): the same objects, in order.
+    assert [imgs[0] is ex.images[0] for imgs, ex in zip(batch["meta"]["images"], examples)] == [True] * 3
     tok = processor.tokenizer
     for row, question in enumerate(questions):
         text = tok.decode(ids[row][mask[row] == 1], skip_special_tokens=False)

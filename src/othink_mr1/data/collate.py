@@ -187,6 +187,8 @@ def _meta(examples: list[Example]) -> dict[str, list]:
         # Images per sample: which rows of a per-image tensor belong to which sample
         # (batch_layout.sample_rows), to repeat or select a prompt with its images.
         "image_counts": [len(ex.images) for ex in examples],
+        # The images themselves, as loaded: what the vLLM rollout engine processes (models/vllm_engine.py).
+        "images": image_batch(examples),
         # Every other field of each record (Example.fields), for rewards that read a column.
         "fields": [dict(ex.fields) for ex in examples],
     }

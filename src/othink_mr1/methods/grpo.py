@@ -10,7 +10,10 @@ One optimizer step ("rollout step"):
      G completions on top of the shared KV cache (models/prefix_sharing.py);
   3. after `accumulate_grad_batches` micro-batches, `num_iterations` (mu) passes of
      loss -> backward over all of them, each ending in one clipped optimizer step.
-The loss itself lives in grpo_loss.py.
+The loss itself lives in grpo_loss.py. With method.rollout_engine=vllm, step 2 samples with an in-process
+vLLM engine (models/vllm_engine.py) that gets the policy's weights before each optimizer step's first
+rollout; the log-probs are still the training model's, and the engine's only measure the gap between them
+(train/rollout_logprob_gap) and, with method.rollout_is_cap, weigh each token (truncated importance sampling).
 """
 
 from __future__ import annotations
@@ -59,16 +62,22 @@ class Rollout(Completions):
     reward_parts: dict[str, torch.Tensor]  # name -> [N]
     old_logp: torch.Tensor | None = None  # [N, C], mu > 1 only
     ref_logp: torch.Tensor | None = None  # [N, C], when the KL schedule can be positive
+    engine_logp: torch.Tensor | None = None  # [N, C], the vLLM engine's log-prob of each sampled token
 
 
 class GRPOModule(TrainableModule):
     def __init__(self, model: torch.nn.Module, processor: Any, method: Any, total_steps: int, kl: KLSchedule,
-                 scorer: str = "counting", max_new_tokens: int = 512, **kwargs: Any):
+                 scorer: str = "counting", max_new_tokens: int = 512, engine_settings: Any = None, **kwargs: Any):
         super().__init__(model, processor, method, total_steps, **kwargs)
         self.automatic_optimization = False
         self.kl = kl
         self.scorer = scorer
         self.max_new_tokens = max_new_tokens
+        # method.rollout_engine=vllm: the engine's settings (models/vllm_engine.EngineSettings); it starts with
+        # fit and is synced once per optimizer step (the step it last got the weights of: `_synced_step`).
+        self.engine_settings = engine_settings
+        self.engine: Any = None
+        self._synced_step: int | None = None
         self._buffer: list[Rollout] = []
         # (prompt index, completions sampled for it) of this rank since the last check; read and
         # cleared by utils.distributed.RankAgreementCallback.
@@ -78,9 +87,16 @@ class GRPOModule(TrainableModule):
     def from_config(cls, cfg: Any, model: torch.nn.Module, processor: Any, **common: Any) -> "GRPOModule":
         kl = build_kl_schedule(cfg.kl)
         max_new = effective_max_new_tokens(cfg.method.max_completion_length, cfg.model.max_new_tokens_cap)
+        engine = None
+        if cfg.method.rollout_engine == "vllm":
+            from ..models.vllm_engine import EngineSettings, check_model_supported
+
+            check_model_supported(model, cfg.model.name)
+            engine = EngineSettings(seed=int(cfg.seed), dtype=cfg.model.dtype,
+                                    gpu_memory_utilization=cfg.method.vllm_gpu_memory_utilization)
         # The KL term's reference is the frozen starting model; never loaded when beta can never be positive
         # (unless the training curves measure the drift from it).
-        return cls(model, processor, kl=kl, scorer=cfg.task.scorer, max_new_tokens=max_new,
+        return cls(model, processor, kl=kl, scorer=cfg.task.scorer, max_new_tokens=max_new, engine_settings=engine,
                    **cls.starting_model(cfg, model, for_loss=kl.can_be_positive), **common)
 
     @property
@@ -89,16 +105,38 @@ class GRPOModule(TrainableModule):
         return self.kl.can_be_positive and self.has_reference
 
     # ----------------------------------------------------------------------------------- rollout
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.engine_settings is not None and self.engine is None:
+            from pathlib import Path
+
+            from ..models.vllm_engine import VLLMEngine
+
+            # One engine per process (under DDP each rank samples its own prompts with its own engine).
+            name = "vllm_engine" + (f"_rank{self.global_rank}" if self.trainer.world_size > 1 else "")
+            self.engine = VLLMEngine.start(self.model, self.processor, Path(self.trainer.default_root_dir) / name,
+                                           self.engine_settings, self.device)
+
     def sample(self, batch: dict[str, Any]) -> torch.Tensor:
         """Completion ids [N, C] sampled from the policy, G per prompt of the batch (rows i*G..i*G+G-1
         continue prompt i), with every stop id of the model's generation config, as in evaluation."""
+        return self.draw(batch)[0]
+
+    def draw(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`sample`'s completion ids, and the vLLM engine's log-prob of each token (None with the hf engine)."""
         m = self.method
         sampling = Sampling(max_new_tokens=self.max_new_tokens, temperature=m.temperature, top_p=m.top_p, top_k=m.top_k,
                             min_new_tokens=m.min_completion_length, compile_mode=m.decode_compile)
+        rules = TokenRules.of(self.model, self.processor)
+        if self.engine is not None:
+            if self._synced_step != self.global_step:  # the step's first rollout: the engine gets the weights
+                self.engine.sync(self.model)
+                self._synced_step = self.global_step
+            ids, engine_logp = self.engine.sample(batch, m.num_generations, sampling, rules)
+            return ids.to(self.device), engine_logp.to(self.device)
         # One prefill per prompt and fixed-shape decoding where the model allows it, else generate().
         static = self.shares_prompts(batch) and self.static_decoding_blocker is None
-        return sample_completions(self.model, batch, m.num_generations, sampling, TokenRules.of(self.model, self.processor),
-                                  static)
+        return sample_completions(self.model, batch, m.num_generations, sampling, rules, static), None
 
     def log_probs(self, model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
         """Per-token log-probs [N, C] of the completion under `model` (with grad if enabled)."""
@@ -108,7 +146,8 @@ class GRPOModule(TrainableModule):
         """Whether log-probs can run each prompt once for its G completions (same values, less work)."""
         return self.method.share_prompt_prefix and shares_prompts(batch, self.model, self.reference)
 
-    def build_rollout(self, batch: dict[str, Any], completion_ids: torch.Tensor) -> Rollout:
+    def build_rollout(self, batch: dict[str, Any], completion_ids: torch.Tensor,
+                      engine_logp: torch.Tensor | None = None) -> Rollout:
         """Score sampled completions of a prompt micro-batch (every reward gets each record field and the
         built-in columns, one value per completion: reward_columns) and prepare everything the loss needs."""
         m, tok = self.method, self.processor.tokenizer
@@ -126,6 +165,7 @@ class GRPOModule(TrainableModule):
             batch, completion_ids, TokenRules.of(self.model, self.processor), G, self.shares_prompts(batch),
             advantages=group_advantages(rewards, G, scale=m.scale_rewards), rewards=rewards,
             reward_parts={k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in parts.items()},
+            engine_logp=engine_logp,
         )
         with torch.no_grad():
             if m.num_iterations > 1:
@@ -136,7 +176,7 @@ class GRPOModule(TrainableModule):
 
     # ------------------------------------------------------------------------------------ update
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        rollout = self.build_rollout(batch, self.sample(batch))
+        rollout = self.build_rollout(batch, *self.draw(batch))
         self._buffer.append(rollout)
         indices = batch["meta"].get("indices") or []
         self.rollout_groups.extend((int(i), rollout.num_sequences // max(len(indices), 1)) for i in indices)
@@ -158,7 +198,22 @@ class GRPOModule(TrainableModule):
         m = self.method
         return grpo_loss(logp, rollout.advantages, rollout.completion_mask, old_logp=rollout.old_logp,
                          ref_logp=rollout.ref_logp, beta=beta, epsilon=m.epsilon, epsilon_high=m.epsilon_high,
-                         aggregation=m.loss_aggregation, sizes=sizes)
+                         aggregation=m.loss_aggregation, sizes=sizes,
+                         token_weights=self.rollout_is_weights(logp, rollout))
+
+    @staticmethod
+    def rollout_policy_logp(logp: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+        """The training model's log-probs under the policy that sampled the rollout (the engine got its
+        weights): the stored ones with mu > 1, else this pass's, detached."""
+        return rollout.old_logp if rollout.old_logp is not None else logp.detach()
+
+    def rollout_is_weights(self, logp: torch.Tensor, rollout: Rollout) -> torch.Tensor | None:
+        """Truncated importance sampling (method.rollout_is_cap): min(pi_train / pi_engine, cap) per token, for
+        tokens the engine drew from a slightly different distribution than the one the loss scores."""
+        cap = self.method.rollout_is_cap
+        if cap is None or rollout.engine_logp is None:
+            return None
+        return torch.exp(self.rollout_policy_logp(logp, rollout) - rollout.engine_logp).clamp(max=cap)
 
     def accumulate_gradients(self, rollouts: list[Rollout], beta: float, backward: Any = None) -> dict[str, float]:
         """Backward of the step loss over all micro-batches (gradients add up in .grad)."""
@@ -166,13 +221,19 @@ class GRPOModule(TrainableModule):
         sizes = self.step_sizes(rollouts)
         totals = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
         for rollout in rollouts:
-            loss, stats = self.policy_loss(self.log_probs(self.model, rollout), rollout, beta, sizes)
+            logp = self.log_probs(self.model, rollout)
+            loss, stats = self.policy_loss(logp, rollout, beta, sizes)
             backward(loss)
             # Token-weighted means over the step.
             share = float(stats["tokens"]) / max(sizes.num_tokens, 1)
             totals["loss"] += float(loss.detach())
             totals["kl"] += float(stats["kl"]) * share
             totals["clip_ratio"] += float(stats["clip_ratio"]) * share
+            if rollout.engine_logp is not None:
+                mask = rollout.completion_mask.to(logp.dtype)
+                gap = (self.rollout_policy_logp(logp, rollout) - rollout.engine_logp).abs()
+                totals["rollout_logprob_gap"] = totals.get("rollout_logprob_gap", 0.0) + float(
+                    (gap * mask).sum() / mask.sum().clamp(min=1.0)) * share
         return totals
 
     def optimize(self, rollouts: list[Rollout]) -> None:
@@ -213,6 +274,10 @@ class GRPOModule(TrainableModule):
         }
         if self.uses_kl:
             metrics["train/kl"] = totals["kl"]
+        if "rollout_logprob_gap" in totals:
+            # Mean |log pi_train - log pi_engine| per completion token: the engine's mismatch with the model the
+            # loss scores (numerics, and any masking the engine sampled under: docs/training.md).
+            metrics["train/rollout_logprob_gap"] = totals["rollout_logprob_gap"]
         if norm is not None:
             metrics["train/grad_norm"] = norm
         for name in rollouts[0].reward_parts:
@@ -240,6 +305,9 @@ class GRPOModule(TrainableModule):
         """How rollouts were decoded: the compile switch, whether the decode step ran compiled, any compiler
         failure it fell back from; or generate() and why (prompts not shared, or the decoder cannot run the model)."""
         m = self.method
+        if self.engine is not None:
+            return {"decode": {"compile": m.decode_compile, "compiled": False, "fallback": None, "loop": "vllm",
+                               "why": "method.rollout_engine=vllm"}, "rollout_engine": self.engine.record()}
         why = (self.static_decoding_blocker if m.share_prompt_prefix and supports_prefix_sharing(self.model)
                else "prompts not shared (method.share_prompt_prefix=false or a non-Qwen family)")
         if why is None:

