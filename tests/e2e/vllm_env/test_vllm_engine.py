@@ -85,3 +85,60 @@ def test_greedy_vllm_equals_transformers_greedy_on_eval_prompts(policy, engine, 
     assert compared == 24
     # The completions are real answers, not empty rows: the model writes tokens before it stops.
     assert min(len(c) for c in expected) > 2
+
+
+def changed_policy(model, processor, batch):
+    """A copy of `model` after one AdamW step (lr 1e-3) that pushes down the likelihood of its own greedy
+    completions, so they change (a larger step collapses every completion to one repeated token, which no
+    longer depends on the prompt: the stale-cache check would then prove nothing); and the greedy completions
+    before and after."""
+    import copy
+
+    from othink_mr1.models.rollouts import Completions
+
+    trained = copy.deepcopy(model).train()
+    before = hf_greedy(model, processor, batch)
+    rules = TokenRules.of(model, processor)
+    width = max(len(c) for c in before)
+    ids = torch.full((len(before), width), rules.pad_id, dtype=torch.long)
+    for row, c in enumerate(before):
+        ids[row, :len(c)] = torch.tensor(c)
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=1e-3)
+    completions = Completions.of(batch, ids, rules, 1, shared=False)
+    logp = completions.log_probs(trained)
+    ((logp * completions.completion_mask).sum() / completions.completion_mask.sum()).backward()
+    optimizer.step()
+    trained.eval()
+    after = hf_greedy(trained, processor, batch)
+    return trained, before, after
+
+
+def test_engine_follows_the_trained_weights_after_sync_and_both_resets_are_needed(policy, tmp_path):
+    model, processor = policy
+    batch = eval_batches(processor, "counting", 8)[0]
+    trained, before, after = changed_policy(model, processor, batch)
+    assert sum(a != b for a, b in zip(after, before)) >= 4  # the step changed most greedy completions
+    assert len({tuple(c) for c in after}) >= 4  # and they still depend on the prompt
+
+    engine = VLLMEngine.start(model, processor, tmp_path / "synced", SETTINGS)
+    assert engine_greedy(engine, model, processor, batch) == before  # prompts and images now cached
+    engine.sync(trained)
+    assert engine.syncs == 1
+    assert engine_greedy(engine, trained, processor, batch) == after
+
+    # The prefix reset left out: the cached prompt blocks keep the old weights' keys and values.
+    stale = VLLMEngine.start(model, processor, tmp_path / "no_prefix_reset", SETTINGS)
+    assert engine_greedy(stale, model, processor, batch) == before
+    stale.load_weights(trained)
+    stale.llm.llm_engine.reset_encoder_cache()
+    assert engine_greedy(stale, trained, processor, batch) != after
+    stale.reset_caches()  # both resets: the same engine is right again
+    assert engine_greedy(stale, trained, processor, batch) == after
+
+    # The encoder reset left out: vLLM's reload emptied the worker's encoder cache, not the scheduler's record.
+    missing = VLLMEngine.start(model, processor, tmp_path / "no_encoder_reset", SETTINGS)
+    assert engine_greedy(missing, model, processor, batch) == before
+    missing.load_weights(trained)
+    missing.llm.reset_prefix_cache()
+    with pytest.raises(Exception, match="[Ee]ncoder cache miss"):
+        engine_greedy(missing, trained, processor, batch)
