@@ -25,12 +25,13 @@ vLLM is imported only here, only when a run asks for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -90,6 +91,25 @@ def policy_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+@contextlib.contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Python's, numpy's and torch's global random states (CUDA's too) as they were before the block."""
+    import random
+
+    import numpy as np
+
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+
+
 def _prompt_ids(batch: dict[str, Any], image_id: int | None) -> list[list[int]]:
     """Each prompt's token ids as vLLM takes them: the left padding dropped and each run of image tokens (the
     processor's expansion of one image) collapsed to one, which vLLM expands again from the image."""
@@ -145,7 +165,11 @@ class VLLMEngine:
             generation_config="vllm", enable_prefix_caching=True, block_size=settings.block_size)
         if device is not None and device.type == "cuda":
             kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
-        llm = LLM(**kwargs)
+        # vLLM seeds python's, numpy's and torch's global generators when it starts (its `seed`); training draws
+        # from them (data order, dropout, the requests' seeds), and a resumed run has restored them from its
+        # checkpoint before fit starts, so the engine's start must leave them as they were.
+        with preserved_random_state():
+            llm = LLM(**kwargs)
         engine = cls(llm, processor, settings, folder, time.perf_counter() - began)
         log.info("vLLM rollout engine started in %.1f s on %s", engine.start_seconds, folder)
         return engine

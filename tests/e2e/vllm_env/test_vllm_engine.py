@@ -142,3 +142,119 @@ def test_engine_follows_the_trained_weights_after_sync_and_both_resets_are_neede
     missing.llm.reset_prefix_cache()
     with pytest.raises(Exception, match="[Ee]ncoder cache miss"):
         engine_greedy(missing, trained, processor, batch)
+
+
+# ------------------------------------------------------------------------------------- GRPO runs
+
+import csv  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from conftest import ROOT, SHRINK, SHRINK_GRPO  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
+GRPO_VLLM = ["model=tiny_base", *SHRINK_GRPO, "method.rollout_engine=vllm", "method.lr=1e-3",
+             # tiny_base writes its <think>/<answer> reply in a few dozen tokens: 64 lets it finish, so the rewards
+             # vary within groups and the steps move the weights.
+             "model.max_new_tokens_cap=64", "eval.row_zero=false"]
+
+
+def run(out: Path, *extra: str, wait: bool = True):
+    cmd = [sys.executable, str(ROOT / "run.py"), *SHRINK, *GRPO_VLLM, f"paths.output_dir={out}",
+           f"paths.cache_dir={CACHE}", *extra]
+    if not wait:
+        return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+def train_rows(metrics: Path) -> list[dict[str, str]]:
+    if not metrics.exists():
+        return []
+    with metrics.open() as f:
+        return [r for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def run_dir(out: Path) -> Path:
+    [folder] = (out / "runs").iterdir()
+    return folder
+
+
+def test_grpo_with_the_vllm_engine_trains_and_resumes_after_sigkill_to_the_same_end(tmp_path):
+    steps = ["method.max_steps=4", "trainer.checkpoint_every_n_steps=1", "save_model=true"]
+    whole = run(tmp_path / "whole", *steps)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    folder = run_dir(tmp_path / "whole")
+    rows = train_rows(folder / "csv" / "metrics.csv")
+    assert len(rows) == 4
+    for row in rows:
+        assert math.isfinite(float(row["train/loss"])) and math.isfinite(float(row["train/reward"]))
+        # The engine samples what the synced policy would: float noise only (min_completion_length is 0).
+        assert 0 <= float(row["train/rollout_logprob_gap"]) < 1e-3
+    assert any(float(r["train/grad_norm"]) > 0 for r in rows[:-1])  # the weights the engine gets do change
+    result = json.loads((folder / "results.json").read_text())
+    record = result["train"]["rollout_engine"]
+    assert record["engine"] == "vllm" and record["syncs"] == 4  # one sync per optimizer step
+    assert result["train"]["decode"]["loop"] == "vllm"
+    assert record["compat"]  # torchvision does not import here: the mends acted and are recorded
+
+    out = tmp_path / "killed"
+    process = run(out, *steps, wait=False)
+    deadline = time.time() + 600
+    killed_dir = out / "runs" / folder.name
+    while len(train_rows(killed_dir / "csv" / "metrics.csv")) < 2 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "results.json").exists(), "the run finished before it could be killed"
+    resumed = run(out, *steps, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[run] resuming from" in resumed.stdout
+
+    results = [json.loads((d / "results.json").read_text()) for d in (folder, killed_dir)]
+    assert results[1]["train"]["resumed_from"] and results[1]["train"]["steps"] == 4
+    assert results[0]["after"] == results[1]["after"]
+    weights = [load_file(str(d / "model" / "model.safetensors")) for d in (folder, killed_dir)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # The resumed attempt's steps (its own metrics file) are the whole run's: same seeds, same samples.
+    again = train_rows(killed_dir / "csv" / "resume_1" / "metrics.csv")
+    assert again and again[-1]["step"] == rows[-1]["step"]
+    for key in ("train/loss", "train/reward", "train/completion_len"):
+        assert float(again[-1][key]) == pytest.approx(float(rows[-1][key]), rel=1e-6, abs=1e-9), key
+    # The engine's own log-probs (which the loss does not use) carry its float noise: the resumed engine, started
+    # from the checkpoint's weights, scores the same tokens within 1e-4 nats of the whole run's engine.
+    assert float(again[-1]["train/rollout_logprob_gap"]) == pytest.approx(float(rows[-1]["train/rollout_logprob_gap"]),
+                                                                         abs=1e-4)
+
+
+def test_lora_with_the_vllm_engine_syncs_the_merged_weights(tmp_path):
+    # Dropout off: the training model's log-probs are then the plain policy's (with LoRA's dropout on they carry
+    # its noise too, and so does the gap).
+    done = run(tmp_path, "method.max_steps=3", "model.lora.enabled=true", "model.lora.rank=8", "model.lora.dropout=0.0",
+               "method.lr=5e-3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = run_dir(tmp_path)
+    rows = train_rows(folder / "csv" / "metrics.csv")
+    assert len(rows) == 3
+    # After the first step the adapters have moved (B starts at 0): a sync that missed B A, or merged it
+    # wrongly, would sample from another policy and the gap would be far above float noise.
+    assert any(float(r["train/grad_norm"]) > 0 for r in rows[:-1])
+    for row in rows:
+        assert 0 <= float(row["train/rollout_logprob_gap"]) < 1e-3
+    assert json.loads((folder / "results.json").read_text())["train"]["rollout_engine"]["syncs"] == 3
+
+
+def test_a_family_the_engine_does_not_serve_is_refused_at_start_up(tmp_path):
+    from conftest import family_folder
+
+    done = run(tmp_path, "model=pretrained", f"model.path={family_folder('idefics3')}", "method.max_steps=1")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "method.rollout_engine=vllm" in done.stderr and "idefics3" in done.stderr
+    assert not list((tmp_path / "runs").glob("*/checkpoints/*"))  # refused before any training step
