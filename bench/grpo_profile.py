@@ -9,6 +9,13 @@ wrapped with timers: `sample` (rollout decoding), `reference_log_probs`, and the
 policy log-probs, loss, backward, optimizer). One warm-up step (it carries any compile time, reported
 apart), then --steps timed steps; medians per phase. OVERRIDEs are Hydra overrides
 (e.g. method.decode_compile=off). Results are appended to --out under --label with commit and machine.
+
+Per rollout engine (bench/RESULTS.md, "GRPO step per rollout engine"), from bench/ in .venv-vllm:
+    ../.venv-vllm/bin/python grpo_profile.py --tokens 64 --label hf --out results/rollout_engines.json
+    ../.venv-vllm/bin/python grpo_profile.py --tokens 64 --label vllm --out results/rollout_engines.json \
+        method.rollout_engine=vllm
+With vllm, `sample` includes the per-step weight sync, and the record carries the last step's
+train/rollout_logprob_gap and the engine's own record (start, sync and sampling seconds).
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ def main() -> None:
         module = ours["module"]
         phases: dict[str, list[float]] = {"sample": [], "reference_log_probs": []}
         for name in phases:
-            original = getattr(module, name)
+            # `draw` is what the step calls to sample (with either engine; `sample` is its ids alone).
+            attribute = "draw" if name == "sample" else name
+            original = getattr(module, attribute)
 
             def timed(*a, _original=original, _name=name, **k):
                 t0 = time.perf_counter()
@@ -56,8 +65,10 @@ def main() -> None:
                 phases[_name].append(time.perf_counter() - t0)
                 return out
 
-            setattr(module, name, timed)
+            setattr(module, attribute, timed)
         steps = time_ours(ours, args.steps + 1)
+        logged = {k: float(v) for k, v in ours["trainer"].callback_metrics.items() if k == "train/rollout_logprob_gap"}
+        engine = module.engine.record() if module.engine is not None else None
     warmup = {"step": steps[0], **{k: v[0] for k, v in phases.items()}}
     median = {"step": statistics.median(steps[1:]), **{k: statistics.median(v[1:]) for k, v in phases.items()}}
     median["rest (rewards, policy pass, backward, update)"] = median["step"] - median["sample"] - median["reference_log_probs"]
@@ -65,7 +76,8 @@ def main() -> None:
     record = {"label": args.label, "commit": commit, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "work": f"{args.prompts} x {args.generations} x {args.tokens}",
               "overrides": args.overrides, "warmup_step_s": warmup, "median_s": median,
-              "decode_tokens_per_s": args.prompts * args.generations * args.tokens / median["sample"]}
+              "decode_tokens_per_s": args.prompts * args.generations * args.tokens / median["sample"],
+              "last_step": logged, "rollout_engine": engine}
     print(json.dumps(record, indent=1))
     out = Path(args.out)
     records = json.loads(out.read_text()) if out.exists() else []

@@ -170,10 +170,13 @@ def time_ours(ours: dict[str, Any], steps: int) -> list[float]:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             times.append(time.perf_counter() - self.t0)
 
+    # default_root_dir: where a vLLM rollout engine writes its folder (method.rollout_engine=vllm).
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[Timer()],
-                         use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0)
+                         use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         default_root_dir=str(ours["cfg"].paths.run_dir))
     trainer.fit(ours["module"], train_dataloaders=ours["loader"])
+    ours["trainer"] = trainer  # its callback_metrics: the last step's logged values
     return times
 
 
