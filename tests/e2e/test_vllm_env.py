@@ -11,7 +11,7 @@ import sys
 
 from conftest import ROOT
 
-VLLM_TESTS = 6  # tests/e2e/vllm_env/test_vllm_engine.py: the greedy equality (2 tasks), sync, GRPO + resume, LoRA, family
+VLLM_TESTS = 7  # tests/e2e/vllm_env/test_vllm_engine.py: the greedy equality (3 tasks), sync, GRPO + resume, LoRA, family
 
 
 def test_the_vllm_engine_tests_pass_in_the_environment_the_makefile_builds():

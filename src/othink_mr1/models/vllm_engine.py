@@ -63,7 +63,9 @@ class EngineSettings:
 
     seed: int = 0
     max_model_len: int | None = None  # None: the model config's context
-    max_images: int = 1  # images per prompt (limit_mm_per_prompt)
+    # Images per prompt at most (vLLM's limit_mm_per_prompt, which sizes its encoder budget): the paper's tasks
+    # have one, task=counting_multi up to two.
+    max_images: int = 4
     gpu_memory_utilization: float = 0.3  # method.vllm_gpu_memory_utilization; CUDA only
     dtype: str = "float32"
     enforce_eager: bool = True  # no CUDA graphs: the engine's weights change every step

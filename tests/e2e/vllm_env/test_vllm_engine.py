@@ -4,7 +4,7 @@ tests/e2e/test_vllm_env.py runs them from `make test` in that environment.
 
 On the tiny Qwen2-VL (tiny_base, the shipped folder):
 1. greedy vLLM completions equal transformers' greedy completions (the evaluation's own decoding), token
-   for token, on eval prompts of both synthetic tasks;
+   for token, on eval prompts of both synthetic tasks and of the two-image counting task;
 2. after a training step that changes the weights, the engine's greedy completions equal the trained
    model's once synced; with the prefix-cache reset left out they come out stale, and with the encoder-cache
    reset left out vLLM raises (the sync's two resets are both needed);
@@ -74,15 +74,17 @@ def engine(policy, tmp_path_factory):
     return VLLMEngine.start(model, processor, tmp_path_factory.mktemp("engine"), SETTINGS)
 
 
-@pytest.mark.parametrize("task_name", ["counting", "geometry"])
+@pytest.mark.parametrize("task_name", ["counting", "geometry", "counting_multi"])
 def test_greedy_vllm_equals_transformers_greedy_on_eval_prompts(policy, engine, task_name):
     model, processor = policy
-    compared = 0
+    compared, images = 0, set()
     for batch in eval_batches(processor, task_name, 24):
         expected = hf_greedy(model, processor, batch)
         assert engine_greedy(engine, model, processor, batch) == expected
         compared += len(expected)
+        images.update(batch["meta"]["image_counts"])
     assert compared == 24
+    assert images == ({1, 2} if task_name == "counting_multi" else {1})
     # The completions are real answers, not empty rows: the model writes tokens before it stops.
     assert min(len(c) for c in expected) > 2
 
