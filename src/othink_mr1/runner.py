@@ -21,7 +21,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
-from .budget import Budget, budget_line, train_budget
+from .budget import Budget, MemoryPlan, budget_line, memory_line, memory_plan, train_budget
 from .config_checks import check_config
 from .data.datamodule import VLMDataModule
 from .data.records import BadRows, DataError, row_label
@@ -223,6 +223,17 @@ def check_model_files(cfg: DictConfig) -> None:
         raise ModelError(f"{key}: {exc}") from None  # the message names the folder; this names the key
 
 
+def print_memory(cfg: DictConfig, module: Any) -> MemoryPlan:
+    """The training state's memory per device (budget.memory_plan), from the loaded model's parameter counts."""
+    params = list(module.model.parameters())
+    reference = module.reference
+    plan = memory_plan(cfg.trainer, cfg.model.dtype, sum(p.numel() for p in params),
+                       sum(p.numel() for p in params if p.requires_grad),
+                       sum(p.numel() for p in reference.parameters()) if reference is not None else 0)
+    print(memory_line(plan), flush=True)
+    return plan
+
+
 def load_weights(cfg: DictConfig) -> tuple[Any, Any]:
     """The model to train or score: `model.*`, or in eval mode a `ckpt=` (.ckpt file or saved folder)."""
     from .models.factory import load_checkpoint_weights, load_kwargs, load_local, load_model
@@ -382,6 +393,8 @@ def run_held(cfg: DictConfig, eval_tasks: dict[str, Any], run_dir: Path, resume_
     train_loader = dm.train_dataloader() if train else None
     module = build_module(cfg, model, processor, budget, train_loader.position if train else None,
                           eval_settings(cfg, eval_tasks, dm, run_dir))
+    if train:
+        print_memory(cfg, module)
     preflight(cfg.model, model, train_loader, {name: dm.eval_dataloader(name) for name in dm.eval_names})
     curve = training_curve(cfg, dm, module, budget)
 

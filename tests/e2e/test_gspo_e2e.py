@@ -65,6 +65,10 @@ def test_run_py_trains_gspo_and_names_the_run_gspo(tmp_path, tiny):
     assert results["method"] == "gspo" and results["run_name"] == "counting_gspo_tiny_seed42" and results["kl"] == "none"
     assert results["train"]["steps"] == 2
     assert "[budget] gspo: 4 prompts/micro-batch" in done.stdout and "after gspo" in done.stdout
+    # The memory arithmetic of the loaded model (tests/test_memory_plan.py checks its sums): GSPO keeps no
+    # frozen copy (no KL term, no training curve here).
+    assert "[memory] per device under auto over 1 process(es), float32: weights " in done.stdout
+    assert "frozen starting model 0.0 MiB" in done.stdout
     unchanged = unchanged_parameters(tiny[0], run_dir / "model")
     assert not unchanged, f"not updated by GSPO: {unchanged}"
 
