@@ -257,13 +257,14 @@ def pytest_configure(config):
 # few minute-long tests came last and one worker ran them alone at the end. Instead a worker takes the
 # heaviest file left: the files below in this order (their times on 2 cores at abbd9f4: the smoke-grid files
 # together ~700 s, test_models_e2e.py ~400 s with its 400-step build, the presets ~330 s, the signalled build
-# ~170 s; test_vllm_env.py builds .venv-vllm and runs the vLLM tests in it, ~6 min on a fresh clone), then the rest of tests/e2e/, then the fast tests, small pieces that even out the two workers'
+# ~170 s; test_vllm_env.py builds .venv-vllm and runs the vLLM tests in it, ~7 min on a fresh clone; the FSDP
+# cells ~3 min), then the rest of tests/e2e/, then the fast tests, small pieces that even out the two workers'
 # ends. The three files that use the session's smoke grid form one unit, so the grid is built once. This
 # changes only the order, never what runs.
 SMOKE_GRID_UNIT = "smoke grid"
 SMOKE_GRID_FILES = ("tests/e2e/test_sweeps.py", "tests/e2e/test_report_e2e.py", "tests/e2e/test_slurm.py")
 HEAVIEST_FIRST = (SMOKE_GRID_UNIT, "tests/e2e/test_vllm_env.py", "tests/e2e/test_models_e2e.py",
-                  "tests/e2e/test_presets_e2e.py", "tests/e2e/test_tiny_base_signals_e2e.py", "tests/e2e/test_families.py",
+                  "tests/e2e/test_presets_e2e.py", "tests/e2e/test_tiny_base_signals_e2e.py", "tests/e2e/test_fsdp.py", "tests/e2e/test_families.py",
                   "tests/e2e/test_decoding_e2e.py", "tests/e2e/test_run_folders_e2e.py",
                   "tests/e2e/test_kill_resume.py", "tests/e2e/test_tuned_sweep_e2e.py")
 

@@ -389,3 +389,12 @@ def test_one_gpu_recipes_keep_the_papers_batch_through_accumulation(name):
     assert (m.num_generations, m.max_completion_length, m.num_iterations) == (8, 512, 1)
     assert (cfg.kl.name, cfg.kl.beta_max, cfg.model.name) == ("grpo_d", 0.02, "qwen2_vl_2b_instruct")
     assert cfg.model.lora.enabled == name.endswith("_lora")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer=fsdp", "model.lora.enabled=true"], r"trainer.strategy=fsdp with model.lora.enabled=true: .*trainer=ddp"),
+    (["trainer=fsdp", "model.freeze.vision_tower=true"], r"trainer.strategy=fsdp with model.freeze.vision_tower=true"),
+])
+def test_fsdp_refuses_units_that_would_mix_frozen_and_trained_weights(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose_config([*overrides, "trainer.accelerator=cpu"], output_dir=tmp_path))

@@ -161,6 +161,21 @@ def check_devices(trainer_cfg: Any) -> None:
                               "visible")
 
 
+def check_sharding(cfg: DictConfig) -> None:
+    """trainer.strategy=fsdp shards whole units of parameters (a decoder layer, a ViT block, the rest of the
+    model), each flattened into one tensor that is trained or frozen as a whole: LoRA's frozen base and trained
+    adapters, or a frozen role beside trained weights, would share one (utils/distributed.py)."""
+    if cfg.trainer.strategy != "fsdp" or cfg.mode != "train":
+        return
+    if cfg.model.lora.enabled:
+        raise ConfigError("trainer.strategy=fsdp with model.lora.enabled=true: FSDP's units would mix frozen and "
+                          "trained weights; train LoRA with trainer=ddp or trainer=gpu (its state is small)")
+    frozen = [role for role in ("vision_tower", "merger", "language_model") if cfg.model.freeze[role]]
+    if frozen:
+        raise ConfigError(f"trainer.strategy=fsdp with model.freeze.{frozen[0]}=true: FSDP's units would mix frozen "
+                          "and trained weights; use trainer=ddp with frozen roles")
+
+
 def check_image_backend(model_cfg: Any) -> None:
     """model.image_backend names a backend, and one that imports here (no silent fallback to PIL)."""
     from .models.factory import image_backend_problem
@@ -194,6 +209,7 @@ def check_config(cfg: DictConfig, overrides: list[str] | None = None) -> dict[st
     if not 0 <= cfg.data.max_bad_fraction <= 1:
         raise ConfigError(f"data.max_bad_fraction={cfg.data.max_bad_fraction}: must be between 0 and 1")
     check_devices(cfg.trainer)
+    check_sharding(cfg)
     check_every_s(cfg.trainer.progress_every_s)  # a bad interval fails here, before any data or model is loaded
     if cfg.mode == "train":
         check_task(cfg.task, "task")

@@ -404,8 +404,10 @@ def run_held(cfg: DictConfig, eval_tasks: dict[str, Any], run_dir: Path, resume_
         before = row_zero(trainer, module, dm, run_dir) if (train and cfg.eval.row_zero) else None
         train_seconds = fit(cfg, trainer, module, dm, train_loader, resume_from) if train else None
         after = evaluate(trainer, module, dm, "final" if train else "eval")
-        if train and cfg.save_model and trainer.is_global_zero:
-            export_model(module.model, processor, run_dir / "model")
+        if train and cfg.save_model:
+            policy, weights = module.whole_policy()  # every rank: under FSDP the weights are gathered
+            if trainer.is_global_zero:
+                export_model(policy, processor, run_dir / "model", state_dict=weights)
 
         record = Results(
             **run_identity(cfg), ckpt=cfg.ckpt, eval_tasks=dm.eval_names, eval_split=dm.eval_split,

@@ -165,7 +165,8 @@ class TrainingCurve(pl.Callback):
         rules = TokenRules.of(model, processor)
         base_log_probs = lambda c: module.reference_log_probs(c, 1.0, rules.suppress_ids)  # noqa: E731
         out: dict[str, dict[str, Any]] = {}
-        with isolate_rng(include_cuda=True):
+        # Under FSDP the policy's parameters are gathered once for the whole point (sampling, scoring, no grad).
+        with isolate_rng(include_cuda=True), module.full_parameters():
             was_training = model.training
             model.eval()
             try:

@@ -68,9 +68,21 @@ class EvaluationModule(pl.LightningModule):
         self._acc = EvalAccumulator(self.eval_spec)
         self.model.eval()
 
+    def full_parameters(self) -> Any:
+        """A context in which the model's parameters are whole: under FSDP gathered once (no writeback: for
+        sampling and scoring without grad), elsewhere nothing to do."""
+        import contextlib
+
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if isinstance(self.model, FullyShardedDataParallel):
+            return FullyShardedDataParallel.summon_full_params(self.model, writeback=False)
+        return contextlib.nullcontext()
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         task = self.eval_names[dataloader_idx]
-        texts, lengths = generate(self.model, self.processor, batch, self.eval_spec.max_new_tokens[task])
+        with self.full_parameters():
+            texts, lengths = generate(self.model, self.processor, batch, self.eval_spec.max_new_tokens[task])
         self._acc.add(task, batch["meta"], texts, lengths)
 
     def on_validation_epoch_end(self) -> None:
@@ -245,10 +257,63 @@ class TrainableModule(EvaluationModule):
             return f"The step's backward gave {describe(bad, total, 'gradients')}; the weights are finite"
         return "The weights and gradients are finite: the loss or a reward itself was non-finite"
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded over the processes (FSDP): each holds a slice of every gradient."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return isinstance(self.model, FullyShardedDataParallel)
+
+    def whole_policy(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
+        """The policy to export and its weights: the model itself (None: its own state dict), or under FSDP the
+        wrapped model with its full state dict gathered to rank zero (a collective: every rank calls it)."""
+        if not self.sharded:
+            return self.model, None
+        from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
+
+        config = FullStateDictConfig(offload_to_cpu=self.device.type != "cpu", rank0_only=True)
+        with FullyShardedDataParallel.state_dict_type(self.model, StateDictType.FULL_STATE_DICT, config):
+            weights = self.model.state_dict()
+        policy = self.model.module
+        # The gathered copies of tied weights (Qwen2-VL's head is its embedding) no longer share storage; shared
+        # again, save_pretrained writes the tied one once, as from the plain model.
+        for tied, source in (getattr(policy, "all_tied_weights_keys", None) or {}).items():
+            if tied in weights and source in weights:
+                weights[tied] = weights[source]
+        return policy, weights
+
     def grad_norm(self) -> torch.Tensor | None:
-        """Total L2 norm of the trainable parameters' gradients (before clipping)."""
+        """Total L2 norm of the trainable parameters' gradients (before clipping); under FSDP over every
+        process's slices."""
         norms = [p.grad.detach().norm(2) for p in self.trainable_parameters() if p.grad is not None]
-        return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
+        if not norms:
+            return None
+        total = torch.linalg.vector_norm(torch.stack(norms))
+        if self.sharded:
+            squared = total.square()
+            torch.distributed.all_reduce(squared)
+            total = squared.sqrt()
+        return total
+
+    def clip_to_norm(self, optimizer: Any, max_norm: float) -> None:
+        """Gradients scaled to total norm `max_norm` at most (torch's clip_grad_norm_ rule); Lightning's own
+        clipping refuses FSDP, so under it the slices are scaled by the norm over every process."""
+        if not self.sharded:
+            self.clip_gradients(optimizer, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+            return
+        norm = self.grad_norm()
+        if norm is None:
+            return
+        scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        for p in self.trainable_parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        # Automatic optimization (SFT): the same clipping as GRPO's, FSDP included.
+        if gradient_clip_val:
+            self.clip_to_norm(optimizer, float(gradient_clip_val))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from ..models.adapters import has_adapters, lora_config_dict
@@ -260,14 +325,23 @@ class TrainableModule(EvaluationModule):
             checkpoint["lora"] = lora_config_dict(self.lora_cfg)
         checkpoint["samples_seen"] = self.samples_seen
         checkpoint["skipped_steps"] = self.skipped_steps
-        # Sampling and shuffling continue from the same random state after a resume.
-        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        # Sampling and shuffling continue from the same random state after a resume: each process's own (every
+        # rank builds the checkpoint; rank zero writes it with every rank's state).
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        checkpoint["rng"] = rng
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
+            per_rank: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(per_rank, rng)
+            checkpoint["rng_per_rank"] = per_rank
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.samples_seen = int(checkpoint.get("samples_seen", 0))
         self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
         rng = checkpoint.get("rng")
+        per_rank = checkpoint.get("rng_per_rank")
+        if per_rank and len(per_rank) == self.trainer.world_size:
+            rng = per_rank[self.global_rank]
         if rng:
             torch.set_rng_state(rng["torch"])
             random.setstate(rng["python"])

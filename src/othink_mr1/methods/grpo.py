@@ -107,6 +107,9 @@ class GRPOModule(TrainableModule):
     # ----------------------------------------------------------------------------------- rollout
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        if self.sharded and self.method.share_prompt_prefix:
+            log.warning("trainer.strategy=fsdp: the log-prob passes run the model's plain forward, not the shared-prompt "
+                        "path (same values to float tolerance; recorded in results.json, train.log_probs)")
         if self.engine_settings is not None and self.engine is None:
             from pathlib import Path
 
@@ -135,8 +138,9 @@ class GRPOModule(TrainableModule):
             ids, engine_logp = self.engine.sample(batch, m.num_generations, sampling, rules)
             return ids.to(self.device), engine_logp.to(self.device)
         # One prefill per prompt and fixed-shape decoding where the model allows it, else generate().
-        static = self.shares_prompts(batch) and self.static_decoding_blocker is None
-        return sample_completions(self.model, batch, m.num_generations, sampling, rules, static), None
+        static = self.method.share_prompt_prefix and shares_prompts(batch, self.model) and self.static_decoding_blocker is None
+        with self.full_parameters():
+            return sample_completions(self.model, batch, m.num_generations, sampling, rules, static), None
 
     def log_probs(self, model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
         """Per-token log-probs [N, C] of the completion under `model` (with grad if enabled)."""
@@ -144,7 +148,13 @@ class GRPOModule(TrainableModule):
 
     def shares_prompts(self, batch: dict[str, Any]) -> bool:
         """Whether log-probs can run each prompt once for its G completions (same values, less work)."""
-        return self.method.share_prompt_prefix and shares_prompts(batch, self.model, self.reference)
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        # Under FSDP the log-prob passes run the model's own forward, which gathers its units' parameters
+        # (the shared-prompt path calls the model's parts, whose parameters would stay sharded); said in
+        # results.json (train.log_probs).
+        sharded = isinstance(self.model, FullyShardedDataParallel)
+        return self.method.share_prompt_prefix and not sharded and shares_prompts(batch, self.model, self.reference)
 
     def build_rollout(self, batch: dict[str, Any], completion_ids: torch.Tensor,
                       engine_logp: torch.Tensor | None = None) -> Rollout:
@@ -246,7 +256,7 @@ class GRPOModule(TrainableModule):
             finite = self.guard_update(loss=totals["loss"], rewards=torch.cat([r.rewards for r in rollouts]),
                                        kl=totals["kl"], grad_norm=norm)
             if finite and m.max_grad_norm:
-                self.clip_gradients(optimizer, gradient_clip_val=m.max_grad_norm, gradient_clip_algorithm="norm")
+                self.clip_to_norm(optimizer, m.max_grad_norm)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()  # after a skip no parameter has a gradient: nothing moves
             optimizer.zero_grad(set_to_none=True)
@@ -302,8 +312,16 @@ class GRPOModule(TrainableModule):
         return self._static_blocker
 
     def train_record(self) -> dict[str, Any]:
-        """How rollouts were decoded: the compile switch, whether the decode step ran compiled, any compiler
-        failure it fell back from; or generate() and why (prompts not shared, or the decoder cannot run the model)."""
+        """How rollouts were decoded (decode_record) and how the log-prob passes ran (`log_probs`)."""
+        m = self.method
+        shared = m.share_prompt_prefix and supports_prefix_sharing(self.model)
+        log_probs = ({"pass": "plain forward", "why": "trainer.strategy=fsdp: the model's forward gathers the parameters"}
+                     if self.sharded else {"pass": "shared prompt" if shared else "plain forward"})
+        return {**self.decode_record(), "log_probs": log_probs}
+
+    def decode_record(self) -> dict[str, Any]:
+        """The compile switch, whether the decode step ran compiled, any compiler failure it fell back from; or
+        generate() and why (prompts not shared, or the decoder cannot run the model); or the vLLM engine's record."""
         m = self.method
         if self.engine is not None:
             return {"decode": {"compile": m.decode_compile, "compiled": False, "fallback": None, "loop": "vllm",
