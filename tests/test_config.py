@@ -394,6 +394,7 @@ def test_one_gpu_recipes_keep_the_papers_batch_through_accumulation(name):
 @pytest.mark.parametrize("overrides, message", [
     (["trainer=fsdp", "model.lora.enabled=true"], r"trainer.strategy=fsdp with model.lora.enabled=true: .*trainer=ddp"),
     (["trainer=fsdp", "model.freeze.vision_tower=true"], r"trainer.strategy=fsdp with model.freeze.vision_tower=true"),
+    (["trainer=fsdp", "method.rollout_engine=vllm"], r"trainer.strategy=fsdp with method.rollout_engine=vllm"),
 ])
 def test_fsdp_refuses_units_that_would_mix_frozen_and_trained_weights(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -170,6 +170,9 @@ def check_sharding(cfg: DictConfig) -> None:
     if cfg.model.lora.enabled:
         raise ConfigError("trainer.strategy=fsdp with model.lora.enabled=true: FSDP's units would mix frozen and "
                           "trained weights; train LoRA with trainer=ddp or trainer=gpu (its state is small)")
+    if cfg.method.get("rollout_engine") == "vllm":
+        raise ConfigError("trainer.strategy=fsdp with method.rollout_engine=vllm: the engine's weight sync reads the "
+                          "whole policy, which FSDP holds in slices; not supported yet (use trainer=ddp or gpu)")
     frozen = [role for role in ("vision_tower", "merger", "language_model") if cfg.model.freeze[role]]
     if frozen:
         raise ConfigError(f"trainer.strategy=fsdp with model.freeze.{frozen[0]}=true: FSDP's units would mix frozen "
