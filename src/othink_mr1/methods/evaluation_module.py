@@ -68,6 +68,13 @@ class EvaluationModule(pl.LightningModule):
         self._acc = EvalAccumulator(self.eval_spec)
         self.model.eval()
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded over the processes (FSDP: utils/distributed.PolicyFSDPStrategy)."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return isinstance(self.model, FullyShardedDataParallel)
+
     def full_parameters(self) -> Any:
         """A context in which the model's parameters are whole: under FSDP gathered once (no writeback: for
         sampling and scoring without grad), elsewhere nothing to do."""
@@ -75,7 +82,7 @@ class EvaluationModule(pl.LightningModule):
 
         from torch.distributed.fsdp import FullyShardedDataParallel
 
-        if isinstance(self.model, FullyShardedDataParallel):
+        if self.sharded:
             return FullyShardedDataParallel.summon_full_params(self.model, writeback=False)
         return contextlib.nullcontext()
 
@@ -256,13 +263,6 @@ class TrainableModule(EvaluationModule):
         if bad:
             return f"The step's backward gave {describe(bad, total, 'gradients')}; the weights are finite"
         return "The weights and gradients are finite: the loss or a reward itself was non-finite"
-
-    @property
-    def sharded(self) -> bool:
-        """Whether the model is sharded over the processes (FSDP): each holds a slice of every gradient."""
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        return isinstance(self.model, FullyShardedDataParallel)
 
     def whole_policy(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
         """The policy to export and its weights: the model itself (None: its own state dict), or under FSDP the

@@ -148,13 +148,10 @@ class GRPOModule(TrainableModule):
 
     def shares_prompts(self, batch: dict[str, Any]) -> bool:
         """Whether log-probs can run each prompt once for its G completions (same values, less work)."""
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
         # Under FSDP the log-prob passes run the model's own forward, which gathers its units' parameters
         # (the shared-prompt path calls the model's parts, whose parameters would stay sharded); said in
         # results.json (train.log_probs).
-        sharded = isinstance(self.model, FullyShardedDataParallel)
-        return self.method.share_prompt_prefix and not sharded and shares_prompts(batch, self.model, self.reference)
+        return self.method.share_prompt_prefix and not self.sharded and shares_prompts(batch, self.model, self.reference)
 
     def build_rollout(self, batch: dict[str, Any], completion_ids: torch.Tensor,
                       engine_logp: torch.Tensor | None = None) -> Rollout:

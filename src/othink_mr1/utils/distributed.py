@@ -1,4 +1,5 @@
-"""Lightning strategies from `trainer.strategy`, and an opt-in check that data parallelism holds.
+"""Lightning strategies from `trainer.strategy` (FSDP with the policy model as its root: PolicyFSDPStrategy), and
+an opt-in check that data parallelism holds.
 
 The engines are Lightning's (DDP over torch.distributed, FSDP, DeepSpeed); nothing here launches or
 communicates on its own beyond the check's one all_gather per optimizer step.
@@ -15,6 +16,7 @@ from typing import Any, Iterator
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.strategies import FSDPStrategy
 
 from .errors import ConfigError
 
@@ -47,73 +49,65 @@ def transformer_block_classes(model: torch.nn.Module, names: list[str] | None = 
     return classes
 
 
-def _policy_fsdp() -> type:
-    from pytorch_lightning.strategies import FSDPStrategy
+class PolicyFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDPStrategy, with the policy model (`module.model`) as the root FSDP unit instead of the
+    LightningModule. Lightning wraps the whole LightningModule and runs training_step inside that root's
+    forward; GRPO optimizes by hand in training_step, so its backward would start before the root's forward
+    ends (FSDP asserts), and its rollouts could not gather the parameters (FSDP refuses during a forward).
+    With the policy as root, every log-prob pass is a root forward of its own and sampling gathers the
+    parameters once per rollout (EvaluationModule.full_parameters). The frozen reference stays whole.
 
-    class PolicyFSDPStrategy(FSDPStrategy):
-        """Lightning's FSDPStrategy, with the policy model (`module.model`) as the root FSDP unit instead of the
-        LightningModule. Lightning wraps the whole LightningModule and runs training_step inside that root's
-        forward; GRPO optimizes by hand in training_step, so its backward would start before the root's forward
-        ends (FSDP asserts), and its rollouts could not gather the parameters (FSDP refuses during a forward).
-        With the policy as root, every log-prob pass is a root forward of its own and sampling gathers the
-        parameters once per rollout (EvaluationModule.full_parameters). The frozen reference stays whole.
+    On CPU (gloo) too: Lightning refuses strategy=fsdp without CUDA by checking the strategy's exact class,
+    and torch's FSDP takes the CPU only when it is named as the device."""
 
-        On CPU (gloo) too: Lightning refuses strategy=fsdp without CUDA by checking the strategy's exact class,
-        and torch's FSDP takes the CPU only when it is named as the device."""
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.distributed.fsdp import FullyShardedDataParallel
 
-        def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not isinstance(model.model, FullyShardedDataParallel):  # later stages of a run keep the first wrap
+            device = torch.device("cpu") if self.root_device.type == "cpu" else self.root_device
+            model.model = FullyShardedDataParallel(module=model.model, cpu_offload=self.cpu_offload,
+                                                   mixed_precision=self.mixed_precision_config,
+                                                   sharding_strategy=self.sharding_strategy, device_id=device,
+                                                   **self.kwargs)
+        return model
+
+    # On CPU, FSDP's full state dict with offload_to_cpu (what Lightning asks for) keeps the gathered
+    # parameters themselves, not copies, and then frees them: saving a checkpoint crashed the process
+    # (SIGSEGV). On CPU the state dicts are taken without offload; elsewhere Lightning's as they are.
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        with self._state_dicts_kept():
+            return super().lightning_module_state_dict()
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        with self._state_dicts_kept():
+            return super().optimizer_state(optimizer)
+
+    def load_checkpoint(self, checkpoint_path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        with self._state_dicts_kept():
+            return super().load_checkpoint(checkpoint_path, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def _state_dicts_kept(self) -> Iterator[None]:
+        import pytorch_lightning.strategies.fsdp as lightning_fsdp
+
+        if self.root_device.type != "cpu":
+            yield
+            return
+        offloading = lightning_fsdp._get_full_state_dict_context
+
+        def without_offload(module: torch.nn.Module, world_size: int, rank0_only: bool = True) -> Any:
+            from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
             from torch.distributed.fsdp import FullyShardedDataParallel
 
-            if not isinstance(model.model, FullyShardedDataParallel):  # later stages of a run keep the first wrap
-                device = torch.device("cpu") if self.root_device.type == "cpu" else self.root_device
-                model.model = FullyShardedDataParallel(module=model.model, cpu_offload=self.cpu_offload,
-                                                       mixed_precision=self.mixed_precision_config,
-                                                       sharding_strategy=self.sharding_strategy, device_id=device,
-                                                       **self.kwargs)
-            return model
+            return FullyShardedDataParallel.state_dict_type(
+                module, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
+                FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only))
 
-        # On CPU, FSDP's full state dict with offload_to_cpu (what Lightning asks for) keeps the gathered
-        # parameters themselves, not copies, and then frees them: saving a checkpoint crashed the process
-        # (SIGSEGV). On CPU the state dicts are taken without offload; elsewhere Lightning's as they are.
-        def lightning_module_state_dict(self) -> dict[str, Any]:
-            with self._state_dicts_kept():
-                return super().lightning_module_state_dict()
-
-        def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
-            with self._state_dicts_kept():
-                return super().optimizer_state(optimizer)
-
-        def load_checkpoint(self, checkpoint_path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            with self._state_dicts_kept():
-                return super().load_checkpoint(checkpoint_path, *args, **kwargs)
-
-        @contextlib.contextmanager
-        def _state_dicts_kept(self) -> Iterator[None]:
-            import pytorch_lightning.strategies.fsdp as lightning_fsdp
-
-            if self.root_device.type != "cpu":
-                yield
-                return
-            offloading = lightning_fsdp._get_full_state_dict_context
-
-            def without_offload(module: torch.nn.Module, world_size: int, rank0_only: bool = True) -> Any:
-                from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
-                from torch.distributed.fsdp import FullyShardedDataParallel
-
-                return FullyShardedDataParallel.state_dict_type(
-                    module, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
-                    FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only))
-
-            lightning_fsdp._get_full_state_dict_context = without_offload
-            try:
-                yield
-            finally:
-                lightning_fsdp._get_full_state_dict_context = offloading
-
-    return PolicyFSDPStrategy
-
-
-PolicyFSDPStrategy = _policy_fsdp()
+        lightning_fsdp._get_full_state_dict_context = without_offload
+        try:
+            yield
+        finally:
+            lightning_fsdp._get_full_state_dict_context = offloading
 
 
 def build_strategy(trainer_cfg: Any, model: torch.nn.Module) -> Any:
