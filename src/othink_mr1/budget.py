@@ -89,9 +89,6 @@ class MemoryPlan:
     def total(self) -> float:
         return self.weights + self.gradients + self.optimizer + self.reference
 
-    def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "total": self.total}
-
 
 def strategy_key(trainer_cfg: Any) -> str:
     name = str(trainer_cfg.strategy)

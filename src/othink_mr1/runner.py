@@ -21,7 +21,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
-from .budget import Budget, MemoryPlan, budget_line, memory_line, memory_plan, train_budget
+from .budget import Budget, budget_line, memory_line, memory_plan, train_budget
 from .config_checks import check_config
 from .data.datamodule import VLMDataModule
 from .data.records import BadRows, DataError, row_label
@@ -223,15 +223,13 @@ def check_model_files(cfg: DictConfig) -> None:
         raise ModelError(f"{key}: {exc}") from None  # the message names the folder; this names the key
 
 
-def print_memory(cfg: DictConfig, module: Any) -> MemoryPlan:
+def print_memory(cfg: DictConfig, module: Any) -> None:
     """The training state's memory per device (budget.memory_plan), from the loaded model's parameter counts."""
-    params = list(module.model.parameters())
-    reference = module.reference
-    plan = memory_plan(cfg.trainer, cfg.model.dtype, sum(p.numel() for p in params),
-                       sum(p.numel() for p in params if p.requires_grad),
-                       sum(p.numel() for p in reference.parameters()) if reference is not None else 0)
-    print(memory_line(plan), flush=True)
-    return plan
+    from .models.adapters import trainable_counts
+
+    trainable, total = trainable_counts(module.model)
+    reference = trainable_counts(module.reference)[1] if module.reference is not None else 0
+    print(memory_line(memory_plan(cfg.trainer, cfg.model.dtype, total, trainable, reference)), flush=True)
 
 
 def load_weights(cfg: DictConfig) -> tuple[Any, Any]:

@@ -12,7 +12,7 @@ import torch
 from conftest import compose_config
 from support.prefix_sharing import prompt_batch
 
-from othink_mr1.compat import vllm_without_torchvision
+from othink_mr1.models import vllm_without_torchvision
 from othink_mr1.data.batch_layout import image_token_id
 from othink_mr1.methods import grpo_method
 from othink_mr1.methods.grpo import GRPOModule, Rollout
@@ -148,7 +148,7 @@ def test_the_compat_plugin_does_nothing_where_torchvision_imports(monkeypatch):
 
     mapping = dict(processing_utils.MODALITY_TO_AUTOPROCESSOR_MAPPING._MAPPING_NAMES)
     monkeypatch.setattr(vllm_without_torchvision, "_MENDED", [])
-    monkeypatch.setattr(vllm_without_torchvision, "torchvision_imports", lambda: True)
+    monkeypatch.setattr(vllm_without_torchvision, "torchvision_import_error", lambda: None)
     stand_in = "transformers.models.qwen2_vl.image_processing_qwen2_vl"
     had = sys.modules.get(stand_in)
     vllm_without_torchvision.register()

@@ -269,11 +269,10 @@ class TrainableModule(EvaluationModule):
         wrapped model with its full state dict gathered to rank zero (a collective: every rank calls it)."""
         if not self.sharded:
             return self.model, None
-        from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
-
-        config = FullStateDictConfig(offload_to_cpu=self.device.type != "cpu", rank0_only=True)
-        with FullyShardedDataParallel.state_dict_type(self.model, StateDictType.FULL_STATE_DICT, config):
-            weights = self.model.state_dict()
+        # The strategy's own full state dict (what its checkpoints hold), keyed from this module: "model." + the
+        # policy's names.
+        state = self.trainer.strategy.lightning_module_state_dict()
+        weights = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
         policy = self.model.module
         # The gathered copies of tied weights (Qwen2-VL's head is its embedding) no longer share storage; shared
         # again, save_pretrained writes the tied one once, as from the plain model.

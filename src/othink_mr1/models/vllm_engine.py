@@ -142,7 +142,7 @@ class VLLMEngine:
     def start(cls, model: torch.nn.Module, processor: Any, folder: Path, settings: EngineSettings,
               device: torch.device | None = None) -> "VLLMEngine":
         """Writes the policy (merged) and its processor to `folder` and starts vLLM on it."""
-        from ..compat import vllm_without_torchvision
+        from . import vllm_without_torchvision
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -252,7 +252,7 @@ class VLLMEngine:
         """What results.json's train record says of the engine."""
         import vllm
 
-        from ..compat import vllm_without_torchvision
+        from . import vllm_without_torchvision
 
         return {"engine": "vllm", "vllm": vllm.__version__, "settings": asdict(self.settings),
                 "start_seconds": round(self.start_seconds, 2), "syncs": self.syncs,

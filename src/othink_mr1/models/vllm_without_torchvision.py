@@ -23,17 +23,11 @@ import logging
 import sys
 import types
 
+from .factory import torchvision_import_error
+
 log = logging.getLogger(__name__)
 
 _MENDED: list[str] = []
-
-
-def torchvision_imports() -> bool:
-    try:
-        importlib.import_module("torchvision")
-    except Exception:  # noqa: BLE001 - a CUDA build beside the CPU torch fails with RuntimeError, not ImportError
-        return False
-    return True
 
 
 def mended() -> list[str]:
@@ -88,7 +82,7 @@ class AutoVideoProcessorWithoutTorchvision:
 
 def register() -> None:
     """The plugin's entry point: vLLM calls it in each of its processes before it loads a model."""
-    if _MENDED or torchvision_imports():
+    if _MENDED or torchvision_import_error() is None:
         return
     _stand_in_qwen2_vl_image_processing()
     _video_processor_stand_in()
